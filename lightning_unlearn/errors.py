@@ -1,0 +1,52 @@
+"""Exceptions raised by lightning_unlearn.
+
+Every exception derives from :class:`LightningUnlearnError`, so ``except LightningUnlearnError``
+catches everything the package raises on purpose. Each message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ForgetSetError",
+    "LedgerMismatchError",
+    "LightningUnlearnError",
+    "MissingSampleIdError",
+    "NonFiniteGradientError",
+    "UnsupportedLayerError",
+    "UnsupportedOrderError",
+]
+
+
+class LightningUnlearnError(Exception):
+    """Base class of every error raised on purpose by lightning_unlearn."""
+
+
+class UnsupportedOrderError(LightningUnlearnError, ValueError):
+    """A Rényi order is not an integer >= 2 (THEORY §2)."""
+
+
+class LedgerMismatchError(LightningUnlearnError, ValueError):
+    """A saved ledger (or monitor state) does not match the run it is loaded into.
+
+    Raised when the number of examples, the Rényi orders, the noise convention or the format
+    version differ; the message says which and how to recover.
+    """
+
+
+class MissingSampleIdError(LightningUnlearnError, KeyError):
+    """A batch carries no sample ids; wrap the dataset in ``IndexedDataset``."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedLayerError(LightningUnlearnError, TypeError):
+    """A layer has no meaningful per-sample gradient (for example BatchNorm)."""
+
+
+class NonFiniteGradientError(LightningUnlearnError, FloatingPointError):
+    """A per-sample gradient norm is NaN or infinite."""
+
+
+class ForgetSetError(LightningUnlearnError, ValueError):
+    """Forget ids are out of range, duplicated, empty or cover the whole data set."""
