@@ -1,0 +1,140 @@
+"""Sample ids that travel with every item and batch (THEORY §1: every example has a stable id).
+
+Per-example accounting needs to know *which* examples are in a batch. Deriving ids from
+``batch_idx * batch_size`` is wrong under shuffling and under ``DistributedSampler``, so the id
+must come from ``Dataset.__getitem__`` itself. :class:`IndexedDataset` does that:
+
+* a tuple item ``(x, y)`` becomes ``IndexedItem(x, y, sample_id)``, a named tuple whose last
+  field is ``sample_id``. ``default_collate`` and Lightning's device transfer keep named tuples,
+  so the batch is still recognisable as carrying ids, and ``x, y, ids = batch`` still unpacks.
+* a dict item gets the key ``"sample_id"``.
+* any other item ``x`` becomes ``IndexedItem(x, sample_id)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from lightning_unlearn.errors import MissingSampleIdError
+
+__all__ = ["SAMPLE_ID_KEY", "IndexedDataset", "get_sample_ids", "indexed_item_type"]
+
+SAMPLE_ID_KEY = "sample_id"
+_MAX_ARITY = 16
+_module = sys.modules[__name__]
+
+
+def _make_item_type(arity: int) -> type:
+    """A picklable named tuple with ``arity`` data fields followed by ``sample_id``."""
+    name = f"IndexedItem{arity}"
+    fields = [f"field{i}" for i in range(arity)] + [SAMPLE_ID_KEY]
+    cls = collections.namedtuple(name, fields)  # type: ignore[misc]
+    cls.__module__ = __name__
+    setattr(_module, name, cls)  # picklable by qualified name (DataLoader workers, ddp_spawn)
+    return cls
+
+
+_ITEM_TYPES = {n: _make_item_type(n) for n in range(1, _MAX_ARITY + 1)}
+
+
+def indexed_item_type(arity: int) -> type:
+    """Return the named-tuple type used for items with ``arity`` data fields plus a sample id."""
+    if not 1 <= arity <= _MAX_ARITY:
+        raise ValueError(f"Expected an item with 1 to {_MAX_ARITY} fields, but got {arity}.")
+    return _ITEM_TYPES[arity]
+
+
+class IndexedDataset(Dataset):
+    """Wrap a map-style dataset so that every item carries its integer sample id.
+
+    The id of item ``i`` is ``i``: stable across epochs, shuffling and processes.
+
+    Args:
+        dataset: any map-style dataset with ``__len__``.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = IndexedDataset(TensorDataset(torch.zeros(5, 2), torch.arange(5)))
+        >>> x, y, ids = next(iter(DataLoader(ds, batch_size=2, shuffle=False)))
+        >>> ids.tolist()
+        [0, 1]
+        >>> get_sample_ids(next(iter(DataLoader(ds, batch_size=3)))).tolist()
+        [0, 1, 2]
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        if isinstance(dataset, IndexedDataset):
+            raise ValueError(
+                "Expected an un-indexed dataset, but got an `IndexedDataset`; wrap it only once."
+            )
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise TypeError(
+                "Expected `dataset` to be a map-style dataset with `__len__` and `__getitem__`, "
+                f"but got {type(dataset).__name__}."
+            )
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        if isinstance(item, Mapping):
+            if SAMPLE_ID_KEY in item:
+                raise ValueError(
+                    f"Expected dict items without a `{SAMPLE_ID_KEY}` key, but the wrapped "
+                    "dataset already has one; do not wrap it in `IndexedDataset`."
+                )
+            out = dict(item)
+            out[SAMPLE_ID_KEY] = index
+            return out
+        if isinstance(item, tuple | list):
+            return indexed_item_type(len(item))(*item, index)
+        return indexed_item_type(1)(item, index)
+
+
+SampleIdFn = Callable[[Any], torch.Tensor]
+
+
+def get_sample_ids(batch: Any, sample_id_fn: SampleIdFn | None = None) -> torch.Tensor:
+    """Pull the sample ids out of a batch as a 1-D integer tensor.
+
+    Args:
+        batch: a batch made from an :class:`IndexedDataset` (a named tuple with a ``sample_id``
+            field, or a dict with the key ``"sample_id"``), or any batch when ``sample_id_fn``
+            is given.
+        sample_id_fn: optional user function ``batch -> ids`` for custom batch structures.
+
+    Returns:
+        The ids as a 1-D ``torch.long`` tensor on the batch's device.
+
+    Raises:
+        MissingSampleIdError: the batch carries no ids; the message says how to add them.
+    """
+    if sample_id_fn is not None:
+        ids = sample_id_fn(batch)
+    elif isinstance(batch, Mapping) and SAMPLE_ID_KEY in batch:
+        ids = batch[SAMPLE_ID_KEY]
+    elif isinstance(batch, tuple) and hasattr(batch, SAMPLE_ID_KEY):
+        ids = getattr(batch, SAMPLE_ID_KEY)
+    else:
+        raise MissingSampleIdError(
+            "The batch carries no sample ids (got a batch of type "
+            f"{type(batch).__name__}). Wrap your training dataset in "
+            "`lightning_unlearn.data.IndexedDataset(dataset)` so each item carries its id, or "
+            "pass `sample_id_fn=lambda batch: ...` that returns the ids of a custom batch."
+        )
+    ids = torch.as_tensor(ids)
+    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise MissingSampleIdError(
+            "Expected the sample ids to be a 1-D integer tensor, but got dtype "
+            f"{ids.dtype} and shape {tuple(ids.shape)}; check `sample_id_fn` or the dataset."
+        )
+    return ids.long()
