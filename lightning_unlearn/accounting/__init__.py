@@ -1,0 +1,1 @@
+"""Per-instance privacy accounting (THEORY §1-§5): pure tensor math, no lightning, no opacus."""

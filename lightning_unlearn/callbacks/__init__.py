@@ -1,0 +1,1 @@
+"""Lightning callbacks: PerInstancePrivacyMonitor and the difficulty monitors."""

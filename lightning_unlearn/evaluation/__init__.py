@@ -1,0 +1,1 @@
+"""Evaluation: loss barriers, membership inference, difficulty scores (THEORY §6)."""

@@ -1,0 +1,1 @@
+"""Per-sample gradient norms through Opacus hooks; the only package that imports opacus."""

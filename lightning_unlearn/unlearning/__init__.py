@@ -1,0 +1,1 @@
+"""Unlearning: UnlearningModule, SGLD, budgets and stopping rules (THEORY §5)."""
