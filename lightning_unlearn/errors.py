@@ -7,6 +7,7 @@ catches everything the package raises on purpose. Each message names the problem
 from __future__ import annotations
 
 __all__ = [
+    "DatasetNotFoundError",
     "ForgetSetError",
     "LedgerMismatchError",
     "LightningUnlearnError",
@@ -50,3 +51,7 @@ class NonFiniteGradientError(LightningUnlearnError, FloatingPointError):
 
 class ForgetSetError(LightningUnlearnError, ValueError):
     """Forget ids are out of range, duplicated, empty or cover the whole data set."""
+
+
+class DatasetNotFoundError(LightningUnlearnError, FileNotFoundError):
+    """Data files (such as Fashion-MNIST IDX files) are missing; the message says how to fix it."""

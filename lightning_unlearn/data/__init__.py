@@ -6,5 +6,22 @@ from lightning_unlearn.data.indexed import (
     get_sample_ids,
     indexed_item_type,
 )
+from lightning_unlearn.data.modules import (
+    FASHION_MNIST_DIR,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    TensorSplitDataModule,
+    read_idx,
+)
 
-__all__ = ["SAMPLE_ID_KEY", "IndexedDataset", "get_sample_ids", "indexed_item_type"]
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "SAMPLE_ID_KEY",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "IndexedDataset",
+    "TensorSplitDataModule",
+    "get_sample_ids",
+    "indexed_item_type",
+    "read_idx",
+]
