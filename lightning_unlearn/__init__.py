@@ -3,6 +3,7 @@
 The public API is re-exported here; see the documentation for tutorials and THEORY.
 """
 
+from lightning_unlearn.accounting import PrivacyLedger
 from lightning_unlearn.errors import (
     ForgetSetError,
     LedgerMismatchError,
@@ -21,6 +22,7 @@ __all__ = [
     "LightningUnlearnError",
     "MissingSampleIdError",
     "NonFiniteGradientError",
+    "PrivacyLedger",
     "UnsupportedLayerError",
     "UnsupportedOrderError",
     "__version__",

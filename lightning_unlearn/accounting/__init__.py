@@ -1,1 +1,49 @@
-"""Per-instance privacy accounting (THEORY §1-§5): pure tensor math, no lightning, no opacus."""
+"""Per-instance privacy accounting (THEORY §1-§5): pure tensor math, no lightning, no opacus.
+
+- :mod:`~lightning_unlearn.accounting.conventions`: gradient norms to ratios ``r`` (THEORY §1).
+- :mod:`~lightning_unlearn.accounting.rdp`: per-step per-instance Rényi loss (THEORY §2).
+- :mod:`~lightning_unlearn.accounting.ledger`: the per-example table ``P(x, alpha)`` (THEORY §3).
+- :mod:`~lightning_unlearn.accounting.conversion`: ``(epsilon, delta)`` and worst case (THEORY §4).
+- :mod:`~lightning_unlearn.accounting.bounds`: unlearning steps (THEORY §5, derived constants).
+"""
+
+from lightning_unlearn.accounting.bounds import (
+    StepModel,
+    UnlearningConstants,
+    fit_step_model,
+    forget_set_privacy_loss,
+    unlearning_steps,
+)
+from lightning_unlearn.accounting.conventions import (
+    Convention,
+    NoiseConfig,
+    dpsgd_ratios,
+    sgld_ratios,
+)
+from lightning_unlearn.accounting.conversion import (
+    rdp_to_epsilon,
+    worst_case_epsilon,
+    worst_case_rdp,
+)
+from lightning_unlearn.accounting.ledger import LEDGER_FORMAT_VERSION, PrivacyLedger
+from lightning_unlearn.accounting.rdp import DEFAULT_ALPHAS, per_step_rdp, validate_alphas
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "LEDGER_FORMAT_VERSION",
+    "Convention",
+    "NoiseConfig",
+    "PrivacyLedger",
+    "StepModel",
+    "UnlearningConstants",
+    "dpsgd_ratios",
+    "fit_step_model",
+    "forget_set_privacy_loss",
+    "per_step_rdp",
+    "rdp_to_epsilon",
+    "sgld_ratios",
+    "unlearning_steps",
+    "validate_alphas",
+    "worst_case_epsilon",
+    "worst_case_rdp",
+]

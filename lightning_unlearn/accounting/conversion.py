@@ -1,0 +1,155 @@
+"""From Rényi losses to (epsilon, delta), per example, and the worst case of a run (THEORY §4)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from lightning_unlearn.accounting.rdp import DEFAULT_ALPHAS, per_step_rdp, validate_alphas
+
+__all__ = ["rdp_to_epsilon", "worst_case_epsilon", "worst_case_rdp"]
+
+
+def _check_delta(delta: float) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 < delta < 1:
+        raise ValueError(
+            f"Expected `delta` to be a float in (0, 1), e.g. 1e-5 (below 1 / num_samples), "
+            f"but got {delta!r}."
+        )
+    return float(delta)
+
+
+def rdp_to_epsilon(rdp: Tensor, alphas: Iterable[int], delta: float) -> tuple[Tensor, Tensor]:
+    r"""Convert Rényi losses to ``(epsilon, delta)`` per example (THEORY §4, [B20]).
+
+    The same conversion as Opacus' ``get_privacy_spent``, vectorised over all leading
+    dimensions:
+
+    .. math::
+
+        \varepsilon(x; \delta) = \min_\alpha \Big[ P(x, \alpha) + \log\frac{\alpha - 1}{\alpha}
+            - \frac{\log \delta + \log \alpha}{\alpha - 1} \Big]
+
+    NaN entries are ignored in the minimum (a row of NaNs gives ``inf``). Values below zero, which
+    only arise for very large ``delta``, are reported as 0 (an epsilon cannot be negative).
+
+    Args:
+        rdp: Float tensor ``[..., K]`` of Rényi losses, column ``k`` at order ``alphas[k]``.
+        alphas: The ``K`` integer orders of the last dimension, sorted ascending as
+            :func:`~lightning_unlearn.accounting.validate_alphas` returns them.
+        delta: Target ``delta`` in ``(0, 1)``.
+
+    Returns:
+        ``(epsilon, best_alpha)``: float64 ``[...]`` and int64 ``[...]`` (the minimising order;
+        the largest order for all-NaN rows), on the device of ``rdp``.
+
+    Raises:
+        ValueError: If ``delta`` is not in ``(0, 1)`` or ``rdp.shape[-1] != len(alphas)``.
+        UnsupportedOrderError: If an order is not an integer ``>= 2``.
+
+    Example:
+        >>> eps, best = rdp_to_epsilon(torch.tensor([[0.1, 0.2, 0.8]]), (2, 8, 32), delta=1e-5)
+        >>> round(eps.item(), 4), best.item()
+        (1.0278, 32)
+    """
+    orders = validate_alphas(alphas)
+    if tuple(alphas) != orders:
+        raise ValueError(
+            f"Expected `alphas` sorted ascending without duplicates (the ledger's column order), "
+            f"but got {tuple(alphas)!r}; pass {orders!r} with columns in that order."
+        )
+    log_delta = math.log(_check_delta(delta))
+    values = torch.as_tensor(rdp).to(torch.float64)
+    if values.ndim == 0 or values.shape[-1] != len(orders):
+        raise ValueError(
+            f"Expected `rdp` to have a last dimension of size len(alphas) = {len(orders)}, but "
+            f"got shape {tuple(values.shape)}."
+        )
+    a = torch.tensor(orders, dtype=torch.float64, device=values.device)
+    eps = values + torch.log((a - 1) / a) - (log_delta + torch.log(a)) / (a - 1)
+    eps = torch.nan_to_num(eps, nan=math.inf)
+    best_eps, idx = eps.min(dim=-1)
+    best_alpha = torch.tensor(orders, dtype=torch.int64, device=values.device)[idx]
+    return best_eps.clamp(min=0.0), best_alpha
+
+
+def worst_case_rdp(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    alphas: Iterable[int] = DEFAULT_ALPHAS,
+) -> Tensor:
+    r"""Data-independent Rényi loss of a DP-SGD run (what Opacus' RDP accountant reports).
+
+    Every example is charged the largest possible ratio ``r = 1 / sigma`` at every step
+    (THEORY §2 with THEORY §3 composition):
+
+    .. math::
+
+        P_{\max}(\alpha) = T \cdot \varepsilon(\alpha; q, r = 1/\sigma).
+
+    Args:
+        noise_multiplier: ``sigma > 0``.
+        sample_rate: Sampling probability ``q`` in ``[0, 1]``.
+        steps: Number of steps ``T >= 0``.
+        alphas: Integer orders ``>= 2``.
+
+    Returns:
+        Float64 tensor ``[K]`` on the default device.
+
+    Raises:
+        ValueError: If an argument is out of range.
+
+    Example:
+        >>> worst_case_rdp(1.0, 1.0, steps=10, alphas=(2, 4))
+        tensor([10., 20.], dtype=torch.float64)
+    """
+    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real):
+        raise TypeError(f"Expected `noise_multiplier` to be a float > 0, got {noise_multiplier!r}.")
+    if not noise_multiplier > 0:
+        raise ValueError(f"Expected `noise_multiplier` > 0, but got {noise_multiplier!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"Expected `steps` to be an integer >= 0, but got {steps!r}.")
+    r = torch.tensor([1.0 / float(noise_multiplier)], dtype=torch.float64)
+    return per_step_rdp(r, sample_rate, alphas)[0] * int(steps)
+
+
+def worst_case_epsilon(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    alphas: Iterable[int] = DEFAULT_ALPHAS,
+    delta: float = 1e-5,
+) -> tuple[float, int]:
+    """Data-independent ``(epsilon, best order)`` of a DP-SGD run (THEORY §4).
+
+    This is the epsilon Opacus' RDP accountant would report for the same run; per-instance
+    epsilons of the ``"dpsgd"`` convention with clipping never exceed it at the step level.
+
+    Args:
+        noise_multiplier: ``sigma > 0``.
+        sample_rate: Sampling probability ``q``.
+        steps: Number of steps ``T``.
+        alphas: Integer orders ``>= 2``.
+        delta: Target ``delta`` in ``(0, 1)``.
+
+    Returns:
+        ``(epsilon, alpha)`` as Python numbers.
+
+    Raises:
+        ValueError: If an argument is out of range.
+
+    Example:
+        >>> eps, alpha = worst_case_epsilon(1.0, 0.01, steps=1000, delta=1e-5)
+        >>> round(eps, 3), alpha
+        (2.108, 8)
+    """
+    orders = validate_alphas(alphas)
+    eps, best = rdp_to_epsilon(
+        worst_case_rdp(noise_multiplier, sample_rate, steps, orders), orders, delta
+    )
+    return float(eps.item()), int(best.item())
