@@ -1,1 +1,42 @@
-"""Unlearning: UnlearningModule, SGLD, budgets and stopping rules (THEORY §5)."""
+"""Unlearning: UnlearningModule, SGLD, budgets and stopping rules (THEORY §5, §6).
+
+- :class:`UnlearningModule`: wraps the user's LightningModule and unlearns a forget set.
+- :class:`SGLD`: the noisy optimizer of the THEORY §1 SGLD convention.
+- :func:`compute_budget`: the step budget (THEORY §5) for ``Trainer(max_steps=...)``.
+- :class:`LossCalibratedStopping`: stop once the forget set looks like held-out data.
+- :func:`train_oracle`, :class:`UnlearningResult`: the retrained reference and the run record.
+"""
+
+from lightning_unlearn.unlearning.budget import (
+    Aggregate,
+    check_ledger,
+    compute_budget,
+    forget_privacy_loss,
+)
+from lightning_unlearn.unlearning.module import (
+    METHODS,
+    Method,
+    UnlearningModule,
+    module_state_dict_from_checkpoint,
+)
+from lightning_unlearn.unlearning.oracle import fresh_copy, train_oracle
+from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
+from lightning_unlearn.unlearning.sgld import SGLD
+from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
+
+__all__ = [
+    "METHODS",
+    "SGLD",
+    "Aggregate",
+    "LossCalibratedStopping",
+    "Method",
+    "UnlearningModule",
+    "UnlearningResult",
+    "check_ledger",
+    "compute_budget",
+    "evaluate_splits",
+    "forget_privacy_loss",
+    "fresh_copy",
+    "module_state_dict_from_checkpoint",
+    "train_oracle",
+]

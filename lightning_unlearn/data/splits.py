@@ -1,0 +1,319 @@
+"""Forget / retain / held-out splits of a training set, with the original sample ids kept.
+
+A deletion request names examples by their id in the *original* training set (the id that
+:class:`~lightning_unlearn.data.IndexedDataset` attached during training and that indexes the
+:class:`~lightning_unlearn.accounting.PrivacyLedger`). :class:`ForgetRetainDataModule` splits
+that set into the forget set ``F`` and the retain set ``D' = D \\ F`` (THEORY §5) without
+renumbering anything: every batch of every loader carries the original ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from typing_extensions import override
+
+from lightning_unlearn.data.indexed import IndexedDataset
+from lightning_unlearn.errors import ForgetSetError
+
+__all__ = ["EpochSeededSampler", "ForgetRetainDataModule", "validate_forget_ids"]
+
+
+def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
+    """Check a deletion request against a data set of ``num_samples`` examples.
+
+    Args:
+        forget_ids: the ids to forget (a sequence of ints, or a 1-D integer tensor / array).
+        num_samples: the size ``N`` of the original training set; valid ids are ``[0, N)``.
+
+    Returns:
+        The ids as a sorted 1-D ``torch.long`` tensor on the CPU.
+
+    Raises:
+        ForgetSetError: the ids are not 1-D integers, are empty, out of range, duplicated, or
+            cover the whole data set (nothing would be left to retain).
+
+    Example:
+        >>> validate_forget_ids([4, 1], num_samples=10).tolist()
+        [1, 4]
+        >>> validate_forget_ids([1, 1], num_samples=10)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_unlearn.errors.ForgetSetError: Expected unique forget ids, but got ...
+    """
+    try:
+        ids = torch.as_tensor(forget_ids)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ForgetSetError(
+            "Expected `forget_ids` to be a sequence of integer sample ids, but got "
+            f"{type(forget_ids).__name__} ({err})."
+        ) from None
+    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex:
+        raise ForgetSetError(
+            "Expected `forget_ids` to be a 1-D sequence of integer sample ids, but got dtype "
+            f"{ids.dtype} and shape {tuple(ids.shape)}."
+        )
+    if ids.dtype == torch.bool:
+        raise ForgetSetError(
+            "Expected `forget_ids` to be integer sample ids, but got a boolean mask; pass "
+            "`mask.nonzero().flatten()` instead."
+        )
+    ids = ids.long().cpu()
+    if ids.numel() == 0:
+        raise ForgetSetError(
+            "Expected at least one forget id, but got an empty forget set; there is nothing to "
+            "unlearn."
+        )
+    bad = ids[(ids < 0) | (ids >= num_samples)]
+    if bad.numel():
+        raise ForgetSetError(
+            f"Expected forget ids in [0, {num_samples}) (the ids of the original training set), "
+            f"but got {bad[:10].tolist()}; use the ids `IndexedDataset` attached during training."
+        )
+    ids, counts = torch.unique(ids, sorted=True, return_counts=True)
+    if bool((counts > 1).any()):
+        dup = ids[counts > 1][:10].tolist()
+        raise ForgetSetError(
+            f"Expected unique forget ids, but got duplicates {dup}; pass each id once."
+        )
+    if ids.numel() == num_samples:
+        raise ForgetSetError(
+            f"Expected the forget set to leave examples to retain, but it covers all "
+            f"{num_samples} examples; retrain from scratch instead of unlearning."
+        )
+    return ids
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A random permutation per epoch drawn from ``seed + epoch`` (reproducible on resume).
+
+    Lightning calls ``set_epoch`` on samplers that have it, so a run resumed from an end-of-epoch
+    checkpoint sees exactly the batches the uninterrupted run would have seen. Under DDP
+    Lightning replaces it with a seeded ``DistributedSampler``.
+
+    Args:
+        num_samples: the length of the data set.
+        seed: base seed of the permutations.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class ForgetRetainDataModule(pl.LightningDataModule):
+    """Retain, forget and held-out loaders of a training set, keeping the original sample ids.
+
+    The training loader (what ``Trainer.fit`` consumes while unlearning) is a
+    :class:`~lightning.pytorch.utilities.CombinedLoader` in ``"max_size_cycle"`` mode yielding
+    ``{"retain": batch, "forget": batch}``: an epoch is one pass over the retain set, the
+    (smaller) forget set cycles beside it. :meth:`retain_dataloader`, :meth:`forget_dataloader`
+    and :meth:`heldout_dataloader` give unshuffled loaders for evaluation.
+
+    Held-out data (examples the model never trained on, the reference of the membership test
+    and of loss-calibrated stopping) is either a separate data set (``heldout=dataset``; its
+    ids are its own) or, with ``heldout=<int or fraction>``, a seeded split of ``dataset``.
+    In the second case the held-out examples are excluded from the retain and forget sets and
+    from :meth:`full_train_dataloader`, which is the loader to train the original model with.
+
+    Args:
+        dataset: the original training set: a map-style dataset, an
+            :class:`~lightning_unlearn.data.IndexedDataset`, or a ``LightningDataModule`` whose
+            ``train_dataloader().dataset`` is used (after ``prepare_data`` and ``setup("fit")``).
+            Plain data sets are wrapped in ``IndexedDataset`` (ids ``0..N-1``).
+        forget_ids: ids (in ``dataset``) of the examples to forget.
+        heldout: a held-out dataset, or the number (int) / fraction (float in (0, 1)) of
+            ``dataset`` to hold out with a seeded split, or ``None`` (no held-out set).
+        batch_size: batch size of the retain loader used for training.
+        forget_batch_size: batch size of the forget loader used for training (default
+            ``batch_size``).
+        eval_batch_size: batch size of the evaluation loaders.
+        seed: seed of the held-out split and of the shuffling.
+        num_workers: ``DataLoader`` workers.
+
+    Raises:
+        ForgetSetError: invalid forget ids, or forget ids that fall into the held-out split.
+        ValueError: invalid sizes.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = TensorDataset(torch.randn(10, 3), torch.arange(10) % 2)
+        >>> dm = ForgetRetainDataModule(ds, forget_ids=[2, 7], heldout=2, batch_size=4)
+        >>> len(dm.retain_set), len(dm.forget_set), len(dm.heldout_set)
+        (6, 2, 2)
+        >>> x, y, ids = next(iter(dm.forget_dataloader()))
+        >>> ids.tolist()
+        [2, 7]
+        >>> batch, batch_idx, _ = next(iter(dm.train_dataloader()))
+        >>> sorted(batch)
+        ['forget', 'retain']
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | pl.LightningDataModule,
+        forget_ids: Sequence[int] | torch.Tensor,
+        *,
+        heldout: Dataset | int | float | None = None,
+        batch_size: int = 64,
+        forget_batch_size: int | None = None,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected `{name}` to be a positive int, but got {value!r}.")
+        if forget_batch_size is not None and (
+            not isinstance(forget_batch_size, int) or forget_batch_size < 1
+        ):
+            raise ValueError(
+                f"Expected `forget_batch_size` to be a positive int or None, but got "
+                f"{forget_batch_size!r}."
+            )
+        self.batch_size = batch_size
+        self.forget_batch_size = forget_batch_size or batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+
+        self.dataset = _as_indexed(dataset)
+        self.num_samples = len(self.dataset)
+        self.forget_ids = validate_forget_ids(forget_ids, self.num_samples)
+
+        all_ids = torch.arange(self.num_samples)
+        self.heldout_ids: torch.Tensor | None = None
+        self.heldout_set: Dataset | None
+        if heldout is None:
+            self.heldout_set = None
+            train_ids = all_ids
+        elif isinstance(heldout, int | float) and not isinstance(heldout, bool):
+            self.heldout_ids = self._split_heldout(heldout)
+            self.heldout_set = Subset(self.dataset, self.heldout_ids.tolist())
+            train_ids = all_ids[~torch.isin(all_ids, self.heldout_ids)]
+            clash = self.forget_ids[torch.isin(self.forget_ids, self.heldout_ids)]
+            if clash.numel():
+                raise ForgetSetError(
+                    f"Expected forget ids outside the held-out split, but {clash[:10].tolist()} "
+                    "were held out (never trained on); drop them or pass `heldout` as a dataset."
+                )
+        else:
+            self.heldout_set = heldout if isinstance(heldout, IndexedDataset) else None
+            if self.heldout_set is None:
+                self.heldout_set = IndexedDataset(heldout)
+        self.train_ids = train_ids
+        self.retain_ids = train_ids[~torch.isin(train_ids, self.forget_ids)]
+        if self.retain_ids.numel() == 0:
+            raise ForgetSetError(
+                "Expected the forget set to leave examples to retain, but after the held-out "
+                "split nothing is left; hold out fewer examples or forget fewer."
+            )
+        self.retain_set = Subset(self.dataset, self.retain_ids.tolist())
+        self.forget_set = Subset(self.dataset, self.forget_ids.tolist())
+        self.train_set = Subset(self.dataset, self.train_ids.tolist())
+
+    def _split_heldout(self, heldout: int | float) -> torch.Tensor:
+        n = self.num_samples
+        if isinstance(heldout, float):
+            if not 0.0 < heldout < 1.0:
+                raise ValueError(f"Expected a held-out fraction in (0, 1), but got {heldout!r}.")
+            size = max(1, round(heldout * n))
+        else:
+            size = heldout
+        if not 1 <= size < n:
+            raise ValueError(
+                f"Expected a held-out size in [1, {n}) for a data set of {n} examples, but got "
+                f"{heldout!r}."
+            )
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(n, generator=generator)[:size].sort().values
+
+    def _loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool) -> DataLoader:
+        sampler = EpochSeededSampler(len(dataset), self.seed) if shuffle else None  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+
+    @override
+    def train_dataloader(self) -> CombinedLoader:
+        """``{"retain": batch, "forget": batch}`` per step; one epoch = one pass over retain."""
+        return CombinedLoader(
+            {
+                "retain": self._loader(self.retain_set, self.batch_size, shuffle=True),
+                "forget": self._loader(self.forget_set, self.forget_batch_size, shuffle=True),
+            },
+            mode="max_size_cycle",
+        )
+
+    def full_train_dataloader(self, *, shuffle: bool = True) -> DataLoader:
+        """The whole training set (retain and forget, not the held-out split), for the original
+        training run; batches carry the original ids."""
+        return self._loader(self.train_set, self.batch_size, shuffle=shuffle)
+
+    def retain_dataloader(self, *, shuffle: bool = False) -> DataLoader:
+        """The retain set ``D \\ F``; shuffled with ``shuffle=True`` (for retraining)."""
+        if shuffle:
+            return self._loader(self.retain_set, self.batch_size, shuffle=True)
+        return self._loader(self.retain_set, self.eval_batch_size, shuffle=False)
+
+    def forget_dataloader(self) -> DataLoader:
+        """The forget set ``F`` in id order, for evaluation."""
+        return self._loader(self.forget_set, self.eval_batch_size, shuffle=False)
+
+    def heldout_dataloader(self) -> DataLoader:
+        """The held-out set, for evaluation.
+
+        Raises:
+            ValueError: the data module was built without ``heldout``.
+        """
+        if self.heldout_set is None:
+            raise ValueError(
+                "Expected a held-out set, but `ForgetRetainDataModule` was built with "
+                "`heldout=None`; pass a held-out dataset or a fraction to split off."
+            )
+        return self._loader(self.heldout_set, self.eval_batch_size, shuffle=False)
+
+
+def _as_indexed(dataset: Any) -> IndexedDataset:
+    if isinstance(dataset, pl.LightningDataModule):
+        dataset.prepare_data()
+        dataset.setup("fit")
+        loader = dataset.train_dataloader()
+        inner = getattr(loader, "dataset", None)
+        if inner is None:
+            raise TypeError(
+                "Expected the data module's `train_dataloader()` to be a `DataLoader` with a "
+                f"`.dataset`, but got {type(loader).__name__}; pass the training dataset itself."
+            )
+        dataset = inner
+    if isinstance(dataset, IndexedDataset):
+        return dataset
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(
+            "Expected `dataset` to be a map-style dataset or a LightningDataModule, but got "
+            f"{type(dataset).__name__}."
+        )
+    return IndexedDataset(dataset)

@@ -1,0 +1,128 @@
+"""The record of an unlearning run: what was done, how long, why it stopped, before and after."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lightning_unlearn.evaluation.functional import loss_mia_auroc, per_example_losses
+
+__all__ = ["UnlearningResult", "evaluate_splits"]
+
+STOP_REASONS = ("calibrated", "budget", "interrupted", "other")
+"""Why a run stopped: the loss-calibrated rule fired, the step budget was spent, the run was
+interrupted, or something else (``max_epochs``, ``max_time``, another callback)."""
+
+
+@dataclasses.dataclass
+class UnlearningResult:
+    """Summary of one unlearning run (JSON round-trip with :meth:`to_json` / :meth:`from_json`).
+
+    Attributes:
+        method: the unlearning method (see :class:`~lightning_unlearn.UnlearningModule`).
+        steps: optimizer steps taken (``trainer.global_step`` at the end).
+        budget: the step limit (``Trainer.max_steps``), or ``None`` if unlimited.
+        stop_reason: one of ``"calibrated"``, ``"budget"``, ``"interrupted"``, ``"other"``.
+        num_forget: size of the forget set.
+        before: per split (``"forget"``, ``"retain"``, ``"heldout"``) ``{"loss", "accuracy"}``
+            before unlearning, plus ``"forget_mia_auroc"`` when a held-out set exists.
+        after: the same after unlearning.
+        trajectory: the loss-calibrated stopping checks, one dict per check (``step``,
+            ``forget_loss``, ``heldout_loss``, ``loss_gap``, ``mia_auroc``, ``satisfied``).
+        extra: free-form JSON-able details (e.g. the budget's privacy loss and aggregate).
+
+    Example:
+        >>> r = UnlearningResult(method="finetune", steps=3, budget=10, stop_reason="calibrated")
+        >>> UnlearningResult.from_json(r.to_json()) == r
+        True
+    """
+
+    method: str
+    steps: int
+    budget: int | None
+    stop_reason: str
+    num_forget: int = 0
+    before: dict[str, Any] = dataclasses.field(default_factory=dict)
+    after: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trajectory: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise to JSON; also write it to ``path`` when given.
+
+        Args:
+            path: optional file to write.
+
+        Returns:
+            The JSON text.
+        """
+        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> UnlearningResult:
+        """Read a result from JSON text or from a file path.
+
+        Args:
+            source: JSON text, or the path of a file written by :meth:`to_json`.
+
+        Returns:
+            The result.
+
+        Raises:
+            ValueError: the JSON lacks fields of an ``UnlearningResult``.
+        """
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            text = Path(source).read_text()
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {"method", "steps", "budget", "stop_reason"} - set(data)
+        if missing:
+            raise ValueError(
+                f"Expected an UnlearningResult JSON object, but it lacks {sorted(missing)}."
+            )
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def evaluate_splits(model: nn.Module, datamodule: Any) -> dict[str, Any]:
+    """Mean cross-entropy and accuracy of ``model`` on the forget, retain and held-out sets.
+
+    Args:
+        model: the classifier (the user's module).
+        datamodule: a :class:`~lightning_unlearn.ForgetRetainDataModule`.
+
+    Returns:
+        ``{"forget": {"loss", "accuracy"}, "retain": {...}, "heldout": {...},
+        "forget_mia_auroc": float}`` (held-out entries only when the data module has one). The
+        MIA AUROC is the loss-threshold attack of THEORY §6 between forget and held-out.
+    """
+    loaders = {"forget": datamodule.forget_dataloader(), "retain": datamodule.retain_dataloader()}
+    if datamodule.heldout_set is not None:
+        loaders["heldout"] = datamodule.heldout_dataloader()
+    out: dict[str, Any] = {}
+    losses = {}
+    for name, loader in loaders.items():
+        loss, _, correct = per_example_losses(model, loader)
+        losses[name] = loss
+        out[name] = {
+            "loss": _finite_or_none(loss.double().mean().item()),
+            "accuracy": correct.double().mean().item(),
+        }
+    if "heldout" in losses:
+        try:
+            out["forget_mia_auroc"] = loss_mia_auroc(losses["forget"], losses["heldout"]).item()
+        except ValueError:  # non-finite losses (a diverged NegGrad run): no attack score
+            out["forget_mia_auroc"] = None
+    return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
