@@ -7,13 +7,16 @@ catches everything the package raises on purpose. Each message names the problem
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "DatasetNotFoundError",
     "ForgetSetError",
     "LedgerMismatchError",
     "LightningUnlearnError",
     "MissingSampleIdError",
     "NonFiniteGradientError",
+    "NormHooksError",
     "UnsupportedLayerError",
+    "UnsupportedModuleError",
     "UnsupportedOrderError",
 ]
 
@@ -49,9 +52,24 @@ class NonFiniteGradientError(LightningUnlearnError, FloatingPointError):
     """A per-sample gradient norm is NaN or infinite."""
 
 
+class NormHooksError(LightningUnlearnError, RuntimeError):
+    """Per-sample norm hooks used in the wrong state.
+
+    Attached twice to the same module, used after ``detach()``, or read before any backward pass.
+    """
+
+
 class ForgetSetError(LightningUnlearnError, ValueError):
     """Forget ids are out of range, duplicated, empty or cover the whole data set."""
 
 
 class DatasetNotFoundError(LightningUnlearnError, FileNotFoundError):
     """Data files (such as Fashion-MNIST IDX files) are missing; the message says how to fix it."""
+
+
+class UnsupportedModuleError(LightningUnlearnError, TypeError):
+    """A module cannot be unlearned as given (for example it has no ``training_step`` to reuse)."""
+
+
+class CheckpointError(LightningUnlearnError, ValueError):
+    """A checkpoint, ledger or id file is missing, unreadable, or not the kind expected."""

@@ -1,1 +1,27 @@
-"""Per-sample gradient norms through Opacus hooks; the only package that imports opacus."""
+"""Per-sample gradient norms through Opacus hooks; the only package that imports opacus.
+
+:func:`attach_norm_hooks` attaches Opacus (>= 1.6) hooks to a module in place (no wrapping) and
+returns a :class:`NormHooks` handle whose :meth:`~NormHooks.per_sample_norms` gives each
+example's gradient norm after an ordinary backward pass (THEORY §1). Importing this package
+registers the extra ghost-norm samplers of :mod:`lightning_unlearn.grad_norms.samplers`.
+"""
+
+from lightning_unlearn.grad_norms.hooks import (
+    GradSampleMode,
+    LossReduction,
+    NormHooks,
+    attach_norm_hooks,
+    find_unsupported_modules,
+)
+from lightning_unlearn.grad_norms.samplers import register_norm_samplers
+
+register_norm_samplers()
+
+__all__ = [
+    "GradSampleMode",
+    "LossReduction",
+    "NormHooks",
+    "attach_norm_hooks",
+    "find_unsupported_modules",
+    "register_norm_samplers",
+]

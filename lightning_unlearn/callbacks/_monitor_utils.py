@@ -1,0 +1,184 @@
+"""Helpers of :class:`~lightning_unlearn.callbacks.PerInstancePrivacyMonitor`.
+
+Kept apart from the callback so that it reads as the sequence of Lightning hooks: discovering
+the training data (size, batch size, a fingerprint), reducing dense per-example tables across
+ranks, and the per-epoch summaries written to the loggers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_unlearn.accounting import PrivacyLedger, rdp_to_epsilon
+
+__all__ = [
+    "TrainData",
+    "dataset_fingerprint",
+    "epoch_metrics",
+    "find_train_data",
+    "reduce_ledger_into",
+    "silenced_logging",
+    "write_histograms",
+]
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What the monitor needs to know about the training data of one rank."""
+
+    dataset: Any
+    num_samples: int
+    batch_size: int | None
+    collate_fn: Any
+
+
+def find_train_data(trainer: pl.Trainer) -> TrainData | None:
+    """The training ``DataLoader``'s dataset, size, batch size and collate function.
+
+    Returns None when the training data is not a single map-style ``DataLoader`` (several
+    loaders, an iterable dataset without ``__len__``); the monitor then needs ``num_samples``
+    and ``sample_rate`` from the user.
+    """
+    loader = trainer.train_dataloader
+    if not isinstance(loader, DataLoader):
+        return None
+    dataset = loader.dataset
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    batch_size = loader.batch_size
+    if batch_size is None and loader.batch_sampler is not None:
+        batch_size = getattr(loader.batch_sampler, "batch_size", None)
+    return TrainData(dataset, n, batch_size, loader.collate_fn)
+
+
+def _tensor_bytes(item: Any, out: list[bytes]) -> None:
+    if isinstance(item, Tensor):
+        out.append(item.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(item, np.ndarray):
+        out.append(np.ascontiguousarray(item).tobytes())
+    elif isinstance(item, bool | int | float | str):
+        out.append(repr(item).encode())
+    elif isinstance(item, dict):
+        for key in sorted(item, key=str):
+            out.append(str(key).encode())
+            _tensor_bytes(item[key], out)
+    elif isinstance(item, tuple | list):
+        for x in item:
+            _tensor_bytes(x, out)
+
+
+def dataset_fingerprint(dataset: Any, num_samples: int) -> str:
+    """A short hash of the data set's size and of its first, middle and last items.
+
+    Cheap (three ``__getitem__`` calls) and stable across processes; it catches a ledger being
+    resumed on another data set of the same size, not every possible change of the data.
+    """
+    parts = [str(num_samples).encode()]
+    for i in sorted({0, num_samples // 2, num_samples - 1}):
+        _tensor_bytes(dataset[i], parts)
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def reduce_ledger_into(trainer: pl.Trainer, pending: PrivacyLedger, target: PrivacyLedger) -> None:
+    """Sum every rank's ``pending`` tables into ``target`` on every rank, then zero ``pending``.
+
+    Dense tables of length N reduce by sum (STYLE §3): ``privacy``, ``counts`` and
+    ``sq_norm_sum``. ``last_norm`` reduces by max over the ranks that saw the example since the
+    last reduction and keeps the previous value elsewhere. A collective: every rank must call it.
+    """
+    strategy = trainer.strategy
+    privacy = strategy.reduce(pending.privacy, reduce_op="sum")
+    counts = strategy.reduce(pending.counts, reduce_op="sum")
+    sq = strategy.reduce(pending.sq_norm_sum, reduce_op="sum")
+    last = strategy.reduce(pending.last_norm, reduce_op="max")
+    assert isinstance(privacy, Tensor)
+    assert isinstance(counts, Tensor)
+    assert isinstance(sq, Tensor)
+    assert isinstance(last, Tensor)
+    target.privacy += privacy.to(target.device)
+    target.counts += counts.to(target.device)
+    target.sq_norm_sum += sq.to(target.device)
+    seen = counts.to(target.device) > 0
+    target.last_norm.copy_(torch.where(seen, last.to(target.device), target.last_norm))
+    pending.reset()
+
+
+def epoch_metrics(
+    ledger: PrivacyLedger,
+    mask: Tensor,
+    delta: float,
+    worst_case_rdp: Tensor | None,
+) -> dict[str, float]:
+    """The ``privacy/`` scalars of one epoch (THEORY §4).
+
+    Per-instance epsilons are summarised over the examples selected by ``mask`` (seen and
+    tracked); the worst case is the data-independent epsilon of the same run, when defined.
+    """
+    eps, _ = ledger.epsilon(delta)
+    values = eps[mask]
+    metrics: dict[str, float] = {"privacy/seen_fraction": ledger.seen_fraction()}
+    if values.numel() > 0:
+        q = torch.quantile(
+            values, torch.tensor([0.5, 0.9], dtype=values.dtype, device=values.device)
+        )
+        metrics["privacy/epsilon_median"] = float(q[0])
+        metrics["privacy/epsilon_p90"] = float(q[1])
+        metrics["privacy/epsilon_max"] = float(values.max())
+    if worst_case_rdp is not None:
+        worst, _ = rdp_to_epsilon(worst_case_rdp, ledger.alphas, delta)
+        metrics["privacy/epsilon_worst_case"] = float(worst)
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
+def write_histograms(loggers: Sequence[Any], ledger: PrivacyLedger, mask: Tensor, step: int) -> int:
+    """Histograms of ``log10 P(x, alpha)`` per order and of the last per-sample norms.
+
+    Written to every :class:`TensorBoardLogger`; other loggers have no histograms. Returns the
+    number of TensorBoard loggers written to.
+    """
+    written = 0
+    for logger in loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        writer = logger.experiment
+        privacy = ledger.privacy[mask].detach().cpu()
+        for k, alpha in enumerate(ledger.alphas):
+            col = privacy[:, k]
+            col = col[col > 0]
+            if col.numel() > 0:
+                writer.add_histogram(f"privacy/log10_P_alpha{alpha}", col.log10(), step)
+        norms = ledger.last_norm[(ledger.counts > 0) & mask].detach().cpu()
+        if norms.numel() > 0:
+            writer.add_histogram("privacy/grad_norm", norms, step)
+        written += 1
+    return written
+
+
+@contextmanager
+def silenced_logging(pl_module: pl.LightningModule) -> Iterator[None]:
+    """Turn ``self.log`` / ``self.log_dict`` into no-ops while a sweep reuses training_step."""
+
+    def _noop(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    pl_module.log = _noop  # type: ignore[method-assign]
+    pl_module.log_dict = _noop  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del pl_module.log
+        del pl_module.log_dict

@@ -1,0 +1,614 @@
+"""PerInstancePrivacyMonitor: per-example privacy losses of any Lightning training run.
+
+Add the callback to the Trainer you already have; after ``fit`` its :attr:`ledger` holds, for
+every training example, the accumulated Rényi privacy loss ``P(x, alpha)`` (THEORY §1-§3), the
+number of times the example was trained on and its gradient norms.
+
+Per backward pass (automatic or manual optimisation) the monitor:
+
+1. reads the per-example gradient norms from Opacus hooks attached to the module in place
+   (:func:`~lightning_unlearn.grad_norms.attach_norm_hooks`);
+2. undoes what Lightning did to the loss (THEORY §1): the division by
+   ``accumulate_grad_batches`` (automatic optimisation only) and the fp16 ``GradScaler`` scale;
+   bf16 norms are promoted to float32; ``loss_reduction`` tells Opacus how the loss was reduced;
+3. turns norms into ratios ``r`` with :class:`~lightning_unlearn.accounting.NoiseConfig`
+   (the learning rate comes from the first optimizer's first param group);
+4. adds the per-step loss (THEORY §2) to the ledger, weighted by ``1/q`` for the online estimator
+   (THEORY §3). The sweep estimator instead recomputes the norms of the tracked examples every
+   ``sweep_every`` optimizer steps and adds ``sweep_every * eps``.
+
+Nothing in this path synchronises with the device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_unlearn.accounting import (
+    DEFAULT_ALPHAS,
+    Convention,
+    NoiseConfig,
+    PrivacyLedger,
+    per_step_rdp,
+    validate_alphas,
+)
+from lightning_unlearn.callbacks._monitor_sweep import run_sweep
+from lightning_unlearn.callbacks._monitor_utils import (
+    dataset_fingerprint,
+    epoch_metrics,
+    find_train_data,
+    reduce_ledger_into,
+    write_histograms,
+)
+from lightning_unlearn.data import get_sample_ids
+from lightning_unlearn.errors import (
+    LedgerMismatchError,
+    NonFiniteGradientError,
+)
+from lightning_unlearn.grad_norms import GradSampleMode, LossReduction, NormHooks, attach_norm_hooks
+
+__all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]
+
+MONITOR_STATE_VERSION = 1
+Estimator = Literal["online", "sweep"]
+# Configuration that must match when a saved monitor state is resumed.
+_RESUME_KEYS = (
+    "dataset_fingerprint",
+    "noise_multiplier",
+    "max_grad_norm",
+    "estimator",
+    "sample_rate",
+    "loss_reduction",
+)
+
+
+class PerInstancePrivacyMonitor(Callback):
+    """Per-example Rényi privacy losses of a training run (THEORY §1-§4).
+
+    The ledger is an *estimate* (STYLE §11): with ``estimator="online"`` an observation of an
+    example with ratio ``r`` stands for the ``1/q`` steps of an epoch, so it adds
+    ``(1/q) * eps(alpha; q, r)`` (THEORY §3: "the epoch's steps at the norm seen this epoch";
+    unbiased under Poisson sampling). With ``estimator="sweep"`` the tracked examples' norms are
+    recomputed every ``sweep_every`` optimizer steps at the current weights (one extra
+    forward+backward over the tracked examples, through ``training_step``) and each sweep adds
+    ``sweep_every * eps``; a last sweep at the end of training covers the remaining steps.
+
+    .. math::
+
+        P(x, \\alpha) = \\sum_t \\varepsilon_t(\\alpha; x)
+
+    Under DDP every rank records the examples of its own batches in a dense table of length N;
+    the tables are reduced by sum at the end of every training epoch, before every checkpoint and
+    at the end of training, so every rank then holds the full ledger. ``DistributedSampler``
+    pads the last round of an epoch by repeating examples: those examples really are trained on
+    twice in that epoch (their gradients enter two ranks' batches), and are counted twice.
+
+    Args:
+        noise_multiplier: ``sigma`` of the noise convention (THEORY §1). For ``"nominal"`` it is
+            a nominal value for training without explicit noise: the losses are then a
+            calibrated difficulty score, not a privacy guarantee.
+        max_grad_norm: clip norm ``C`` of DP-SGD / SGLD, or None for no clipping (then the
+            worst-case epsilon is not defined and not logged).
+        alphas: integer Rényi orders >= 2.
+        convention: ``"nominal"``, ``"dpsgd"`` or ``"sgld"`` (THEORY §1).
+        sample_rate: ``q``; default global batch size / N, where the global batch is the
+            per-rank ``DataLoader`` batch size x world size x ``accumulate_grad_batches``.
+        estimator: ``"online"`` or ``"sweep"`` (THEORY §3).
+        sweep_every: sweep period K in optimizer steps (``estimator="sweep"``).
+        track_ids: ids whose privacy losses are accumulated (default: all). Counts and norms
+            are recorded for every trained example.
+        grad_sample_mode: ``"ghost"`` (default), ``"hooks"`` or ``"functorch"``.
+        delta: ``delta`` of the logged and exported epsilons (THEORY §4).
+        save_dir: if set, rank 0 writes ``privacy_ledger.pt`` and ``privacy_ledger.csv`` there at
+            the end of ``fit``.
+        sample_id_fn: optional ``batch -> ids`` for batches not built by ``IndexedDataset``.
+        state_key: key of this monitor's state in checkpoints (set it when two monitors
+            coexist). Default ``"PerInstancePrivacyMonitor"``.
+        loss_reduction: ``"mean"`` (default) or ``"sum"``: how ``training_step`` reduces the
+            loss over the batch dimension.
+        num_samples: N; default ``len`` of the training ``DataLoader``'s dataset.
+        exclude_unsupported: leave BatchNorm-like layers out of the norm (see
+            :func:`~lightning_unlearn.grad_norms.attach_norm_hooks`).
+        log_histograms: write TensorBoard histograms every epoch.
+
+    Raises:
+        ValueError: on an invalid argument; the message names it.
+
+    Example:
+        >>> monitor = PerInstancePrivacyMonitor(noise_multiplier=1.0, max_grad_norm=1.0,
+        ...                                     convention="dpsgd")
+        >>> monitor.state_key
+        'PerInstancePrivacyMonitor'
+    """
+
+    def __init__(
+        self,
+        noise_multiplier: float = 1.0,
+        max_grad_norm: float | None = None,
+        alphas: Iterable[int] = DEFAULT_ALPHAS,
+        convention: Convention = "nominal",
+        sample_rate: float | None = None,
+        estimator: Estimator = "online",
+        sweep_every: int = 100,
+        track_ids: Sequence[int] | Tensor | None = None,
+        grad_sample_mode: GradSampleMode = "ghost",
+        delta: float = 1e-5,
+        save_dir: str | os.PathLike[str] | None = None,
+        sample_id_fn: Callable[[Any], Tensor] | None = None,
+        state_key: str | None = None,
+        *,
+        loss_reduction: LossReduction = "mean",
+        num_samples: int | None = None,
+        exclude_unsupported: bool = False,
+        log_histograms: bool = True,
+    ) -> None:
+        self.noise = NoiseConfig(convention, float(noise_multiplier), max_grad_norm)
+        self.alphas = validate_alphas(alphas)
+        if sample_rate is not None and not 0.0 < float(sample_rate) <= 1.0:
+            raise ValueError(f"Expected `sample_rate` in (0, 1], but got {sample_rate!r}.")
+        if estimator not in get_args(Estimator):
+            raise ValueError(
+                f"Expected `estimator` to be one of {get_args(Estimator)}, but got {estimator!r}."
+            )
+        if isinstance(sweep_every, bool) or not isinstance(sweep_every, int) or sweep_every < 1:
+            raise ValueError(
+                f"Expected `sweep_every` to be an integer >= 1, but got {sweep_every!r}."
+            )
+        if grad_sample_mode not in get_args(GradSampleMode):
+            raise ValueError(
+                f"Expected `grad_sample_mode` to be one of {get_args(GradSampleMode)}, but got "
+                f"{grad_sample_mode!r}."
+            )
+        if loss_reduction not in get_args(LossReduction):
+            raise ValueError(
+                f"Expected `loss_reduction` to be one of {get_args(LossReduction)}, but got "
+                f"{loss_reduction!r}."
+            )
+        if not 0.0 < float(delta) < 1.0:
+            raise ValueError(f"Expected `delta` in (0, 1), but got {delta!r}.")
+        if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+            raise ValueError(
+                f"Expected `num_samples` to be an integer >= 1, but got {num_samples!r}."
+            )
+        self.sample_rate = None if sample_rate is None else float(sample_rate)
+        self.estimator: Estimator = estimator
+        self.sweep_every = sweep_every
+        self.track_ids = None if track_ids is None else torch.as_tensor(track_ids).long().unique()
+        self.grad_sample_mode: GradSampleMode = grad_sample_mode
+        self.delta = float(delta)
+        self.save_dir = None if save_dir is None else Path(save_dir)
+        self.sample_id_fn = sample_id_fn
+        self._state_key = state_key or type(self).__name__
+        self.loss_reduction: LossReduction = loss_reduction
+        self.num_samples = num_samples
+        self.exclude_unsupported = exclude_unsupported
+        self.log_histograms = log_histograms
+
+        self._ledger: PrivacyLedger | None = None
+        self._pending: PrivacyLedger | None = None  # per-rank additions since the last reduction
+        self._hooks: NormHooks | None = None
+        self._loaded_state: dict[str, Any] | None = None
+        self._ids: Tensor | None = None
+        self._tracked: Tensor | None = None  # [N] bool on the device
+        self._nonfinite: Tensor | None = None  # device flag, checked at epoch end
+        self._data: Any = None
+        self._q = 1.0
+        self._global_batch = 1
+        self._accum = 1
+        self._steps = 0
+        self._last_sweep = 0
+        self._worst_rdp: Tensor | None = None
+        self._worst_cache: tuple[tuple[float, int], Tensor] | None = None
+        self._first_batch = True
+
+    # ------------------------------------------------------------------ public
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._state_key
+
+    @property
+    def ledger(self) -> PrivacyLedger:
+        """The :class:`~lightning_unlearn.accounting.PrivacyLedger` (available once training
+        starts; under ``ddp_spawn`` the parent process's copy is not updated: read
+        ``save_dir/privacy_ledger.pt`` or the checkpoint instead)."""
+        if self._ledger is None:
+            raise RuntimeError(
+                "Expected a ledger, but training has not started: `monitor.ledger` exists once "
+                "`trainer.fit` reaches `on_train_start`."
+            )
+        return self._ledger
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps observed so far (including those of a resumed checkpoint)."""
+        return self._steps
+
+    def worst_case_epsilon(self) -> float | None:
+        """Data-independent epsilon at ``delta`` of the steps so far (THEORY §4), or None
+        without clipping. With clipping every per-instance epsilon is at most this value."""
+        if self._worst_rdp is None:
+            return None
+        from lightning_unlearn.accounting import rdp_to_epsilon
+
+        eps, _ = rdp_to_epsilon(self._worst_rdp, self.alphas, self.delta)
+        return float(eps)
+
+    # ------------------------------------------------------------------ lifecycle
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hooks = attach_norm_hooks(
+            pl_module,
+            self.grad_sample_mode,
+            loss_reduction=self.loss_reduction,
+            exclude_unsupported=self.exclude_unsupported,
+        )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        data = find_train_data(trainer)
+        n = self.num_samples or (data.num_samples if data is not None else None)
+        if n is None:
+            raise ValueError(
+                "Expected a single map-style training DataLoader to infer the data set size, but "
+                "got another kind of training data; pass `num_samples=` (and `sample_rate=`)."
+            )
+        self._data = data
+        accum = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        self._accum = accum
+        local_batch = data.batch_size if data is not None else None
+        if self.sample_rate is None and local_batch is None:
+            raise ValueError(
+                "Expected a DataLoader with a `batch_size` to infer `sample_rate`, but it has "
+                "none; pass `sample_rate=` to the monitor."
+            )
+        if local_batch is not None:
+            self._global_batch = local_batch * trainer.world_size * accum
+        self._q = self.sample_rate or min(1.0, self._global_batch / n)
+        if self.sample_rate is not None and local_batch is None:
+            self._global_batch = max(1, round(self._q * n))
+        device = pl_module.device
+        metadata = {
+            "num_samples": n,
+            "dataset_fingerprint": (
+                dataset_fingerprint(data.dataset, n) if data is not None else None
+            ),
+            "noise_multiplier": self.noise.noise_multiplier,
+            "max_grad_norm": self.noise.max_grad_norm,
+            "estimator": self.estimator,
+            "sample_rate": self._q,
+            "loss_reduction": self.loss_reduction,
+            "grad_sample_mode": self.grad_sample_mode,
+            "world_size": trainer.world_size,
+            "delta": self.delta,
+        }
+        old = self._ledger
+        self._ledger = PrivacyLedger(
+            n, self.alphas, self.noise.convention, device=device, metadata=metadata
+        )
+        if self._loaded_state is not None:
+            self._apply_state(self._loaded_state)
+            self._loaded_state = None
+        elif old is not None:  # a second `fit` with the same monitor continues its ledger
+            self._check_resume(old.metadata, "The monitor's ledger of a previous fit")
+            self._ledger.load_state_dict(old.to("cpu").state_dict())
+            self._ledger.metadata = metadata
+        self._pending = (
+            PrivacyLedger(n, self.alphas, self.noise.convention, device=device)
+            if trainer.world_size > 1
+            else None
+        )
+        self._tracked = None
+        if self.track_ids is not None:
+            ids = self.track_ids
+            if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= n:
+                raise ValueError(f"Expected `track_ids` to be non-empty ids in [0, {n}).")
+            self._tracked = torch.zeros(n, dtype=torch.bool, device=device)
+            self._tracked[ids.to(device)] = True
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self._first_batch = True
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # on_after_backward gets no batch: keep the ids of this one (PLATFORM.md).
+        ids = get_sample_ids(batch, self.sample_id_fn)
+        if self._first_batch or ids.device.type == "cpu":
+            n = self.ledger.num_samples
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+                raise ValueError(
+                    f"Expected sample ids in [0, {n}), but got ids in [{int(ids.min())}, "
+                    f"{int(ids.max())}]: ids must be indices of the training dataset (wrap it in "
+                    "`IndexedDataset`) and `num_samples` its size."
+                )
+            self._first_batch = False
+        self._ids = ids
+        if self._hooks is not None:
+            self._hooks.clear()  # drop anything left by a backward the monitor did not see
+
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._hooks is None or self._ids is None:
+            return
+        norms = self._hooks.per_sample_norms()
+        self._hooks.clear()
+        ids = self._ids.to(norms.device)
+        if self._accum > 1:
+            norms = norms * self._accum  # Lightning divided the loss by accumulate_grad_batches
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            finite = torch.isfinite(norms)
+            scale = getattr(scaler, "_get_scale_async", scaler.get_scale)()
+            norms = norms / torch.as_tensor(scale, device=norms.device, dtype=norms.dtype)
+            # Overflow steps are skipped by the GradScaler: they contribute nothing.
+            norms = torch.where(finite, norms, torch.zeros_like(norms))
+        else:
+            self._check_step_norms(norms, ids)
+        self._record(trainer, ids, norms)
+
+    def _check_step_norms(self, norms: Tensor, ids: Tensor) -> None:
+        """NaN/inf norms: raise at once on the CPU (free there); on an accelerator set a device
+        flag that is checked at the end of the epoch, so the step never waits for the device."""
+        if ids.shape[0] != norms.shape[0]:
+            raise ValueError(
+                f"Expected one gradient norm per sample id, but got {norms.shape[0]} norms for "
+                f"{ids.shape[0]} ids. The module's layers must see the batch (batch-first) "
+                "that carries the ids; use `sample_id_fn` for custom batches."
+            )
+        finite = torch.isfinite(norms)
+        if norms.device.type == "cpu":
+            if not bool(finite.all()):
+                self._raise_nonfinite(ids[~finite.to(ids.device)])
+        elif self._nonfinite is not None:
+            self._nonfinite |= ~finite.all()
+
+    def _record(self, trainer: pl.Trainer, ids: Tensor, norms: Tensor) -> None:
+        target = self._pending if self._pending is not None else self.ledger
+        if self.estimator == "sweep":
+            rdp = norms.new_zeros((norms.shape[0], len(self.alphas)), dtype=torch.float64)
+        else:
+            # The global batch of this step (a short last batch included), for "sgld".
+            batch = ids.shape[0] * trainer.world_size * self._accum
+            rdp = self.per_step_loss(norms, trainer, batch) * (1.0 / self._q)
+            if self._tracked is not None:
+                rdp = rdp * self._tracked[ids].unsqueeze(1)
+        target.update(ids, rdp, norms)
+
+    def per_step_loss(self, norms: Tensor, trainer: pl.Trainer, batch_size: int) -> Tensor:
+        """Per-step per-instance Rényi loss of ``norms`` (THEORY §1-§2), ``[B, K]`` float64.
+
+        Overridable, e.g. for a learning-rate dependent convention of your own.
+        """
+        lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
+        ratios = self.noise.ratios(norms, lr=lr, batch_size=batch_size)
+        return per_step_rdp(ratios, self._q, self.alphas)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        if trainer.optimizers and optimizer is not trainer.optimizers[0]:
+            return
+        self._steps += 1
+        clip = self.noise.max_grad_norm
+        if clip is None:
+            return
+        lr = float(optimizer.param_groups[0]["lr"])
+        key = (lr, self._global_batch)
+        if self._worst_cache is None or self._worst_cache[0] != key:
+            worst_ratio = self.noise.ratios(
+                torch.tensor([clip], dtype=torch.float64), lr=lr, batch_size=self._global_batch
+            )
+            self._worst_cache = (key, per_step_rdp(worst_ratio, self._q, self.alphas)[0])
+        step_rdp = self._worst_cache[1]
+        self._worst_rdp = (
+            step_rdp.clone() if self._worst_rdp is None else self._worst_rdp + step_rdp
+        )
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._ids = None
+        if self.estimator == "sweep" and self._steps - self._last_sweep >= self.sweep_every:
+            self._sweep(trainer, pl_module, self._steps - self._last_sweep)
+
+    def _sweep(self, trainer: pl.Trainer, pl_module: pl.LightningModule, weight: int) -> None:
+        assert self._hooks is not None
+        if self._data is None:
+            raise ValueError(
+                "Expected a single map-style training DataLoader for `estimator='sweep'`, but "
+                "got another kind of training data; use `estimator='online'`."
+            )
+        tracked = (
+            self.track_ids if self.track_ids is not None else torch.arange(self.ledger.num_samples)
+        )
+        target = self._pending if self._pending is not None else self.ledger
+        run_sweep(self, trainer, pl_module, self._hooks, self._data, tracked, target, weight)
+        self._last_sweep = self._steps
+
+    def sweep_loss(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:
+        """The loss of one sweep batch; by default ``pl_module.training_step``'s loss.
+
+        Override for manual optimisation (whose ``training_step`` steps the optimizer) or to
+        sweep with another loss. Logging calls inside are silenced during the sweep.
+        """
+        out = pl_module.training_step(batch, batch_idx)
+        loss = out["loss"] if isinstance(out, dict) else out
+        if not isinstance(loss, Tensor):
+            raise ValueError(
+                "Expected `training_step` to return the loss (a tensor or a dict with 'loss') for "
+                f"the sweep, but got {type(out).__name__}; override `sweep_loss`."
+            )
+        return loss
+
+    # ------------------------------------------------------------------ synchronisation
+    def _sync(self, trainer: pl.Trainer) -> None:
+        if self._pending is not None and self._ledger is not None:
+            reduce_ledger_into(trainer, self._pending, self._ledger)
+        self._check_finite(trainer)
+
+    def _check_finite(self, trainer: pl.Trainer) -> None:
+        if self._nonfinite is None:
+            return
+        flag = self._nonfinite
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag.int(), reduce_op="max")
+        if bool(flag):
+            self._raise_nonfinite(None)
+
+    def _raise_nonfinite(self, bad_ids: Tensor | None) -> None:
+        which = "" if bad_ids is None else f" for sample ids {bad_ids[:10].tolist()}"
+        raise NonFiniteGradientError(
+            f"Expected finite per-sample gradient norms, but got NaN or inf{which}. The loss or "
+            "the gradients overflowed or are undefined: lower the learning rate, check the "
+            "inputs and the loss for NaN, or use `precision='16-mixed'` with a GradScaler "
+            "(whose overflow steps the monitor skips)."
+        )
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sync(trainer)
+        self._log(trainer)
+
+    def _report_mask(self) -> Tensor:
+        ledger = self.ledger
+        mask = ledger.counts > 0 if self.estimator == "online" else ledger.privacy[:, 0] > 0
+        return mask if self._tracked is None else mask & self._tracked
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero or not trainer.loggers:
+            return
+        mask = self._report_mask()
+        metrics = epoch_metrics(self.ledger, mask, self.delta, self._worst_rdp)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if self.log_histograms:
+            write_histograms(trainer.loggers, self.ledger, mask, trainer.global_step)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.estimator == "sweep" and self._steps > self._last_sweep:
+            self._sweep(trainer, pl_module, self._steps - self._last_sweep)
+        self._sync(trainer)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_dir is None or self._ledger is None or not trainer.is_global_zero:
+            return
+        self._ledger.metadata = {**self._ledger.metadata, **self._run_summary()}
+        self._ledger.save(self.save_dir / "privacy_ledger.pt")
+        self._ledger.to_csv(self.save_dir / "privacy_ledger.csv", delta=self.delta)
+
+    def _run_summary(self) -> dict[str, Any]:
+        worst = self.worst_case_epsilon()
+        return {
+            "steps": self._steps,
+            "worst_case_epsilon": worst if worst is None or math.isfinite(worst) else None,
+        }
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._detach()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        if self._hooks is not None:
+            self._hooks.detach()
+            self._hooks = None
+        self._ids = None
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning collects `state_dict()` before this hook; reduce across ranks (every rank
+        # calls this hook) and replace the entry so the checkpoint holds the full ledger.
+        self._sync(trainer)
+        if "callbacks" in checkpoint:
+            checkpoint["callbacks"][self.state_key] = self.state_dict()
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.state_key not in checkpoint.get("callbacks", {}):
+            rank_zero_warn(
+                f"The checkpoint holds no state under {self.state_key!r}: the privacy ledger "
+                "starts from zero although the model has already been trained. Resume from a "
+                "checkpoint written with this monitor (same `state_key`) for complete losses."
+            )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": MONITOR_STATE_VERSION,
+            "ledger": None if self._ledger is None else self._ledger.state_dict(),
+            "steps": self._steps,
+            "last_sweep": self._last_sweep,
+            "worst_case_rdp": None if self._worst_rdp is None else self._worst_rdp.cpu().clone(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied when the ledger is built (on_train_start), STYLE §5.
+        if not isinstance(state_dict, dict) or state_dict.get("version") != MONITOR_STATE_VERSION:
+            got = state_dict.get("version") if isinstance(state_dict, dict) else state_dict
+            raise LedgerMismatchError(
+                f"Expected a {type(self).__name__} state of version {MONITOR_STATE_VERSION}, but "
+                f"got version {got!r}. Resume with the lightning_unlearn version that wrote the "
+                "checkpoint, or use another `state_key` to start a fresh ledger."
+            )
+        self._loaded_state = state_dict
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        ledger_state = state["ledger"]
+        if ledger_state is not None:
+            self._check_resume(ledger_state.get("metadata", {}), "The checkpoint's ledger")
+            metadata = self.ledger.metadata
+            self.ledger.load_state_dict(ledger_state)
+            self.ledger.metadata = metadata
+        self._steps = int(state["steps"])
+        self._last_sweep = int(state["last_sweep"])
+        worst = state["worst_case_rdp"]
+        self._worst_rdp = None if worst is None else worst.to(torch.float64).clone()
+
+    def _check_resume(self, saved: dict[str, Any], what: str) -> None:
+        mine = self.ledger.metadata
+        if saved.get("num_samples", mine["num_samples"]) != mine["num_samples"]:
+            raise LedgerMismatchError(
+                f"{what} has num_samples={saved['num_samples']}, but the training data has "
+                f"{mine['num_samples']} examples: it belongs to another data set. Resume with the "
+                "same data, or start a fresh ledger (another `state_key`, or a new monitor)."
+            )
+        for key in _RESUME_KEYS:
+            if key in saved and saved[key] != mine[key]:
+                raise LedgerMismatchError(
+                    f"{what} has {key}={saved[key]!r}, but this run has {key}={mine[key]!r}; "
+                    "losses of different runs cannot be added. Resume with the same data and "
+                    "monitor settings, or start a fresh ledger (another `state_key`)."
+                )

@@ -1,0 +1,383 @@
+"""Attach Opacus per-sample gradient-norm hooks to a module without wrapping it.
+
+The per-instance privacy loss of THEORY §1-§3 depends on each example's own gradient
+:math:`g_x(\\theta_t)` only through its norm. Opacus (>= 1.6) can attach its hooks to a module
+in place (``prepare_module(..., wrap_model=False)``), so a ``LightningModule`` keeps its identity,
+its class and its ``state_dict`` keys, and ``p.grad`` stays the ordinary batch gradient. After an
+ordinary ``loss.backward()``, :meth:`NormHooks.per_sample_norms` returns
+
+.. math::
+
+    \\lVert g_i \\rVert_2 = \\Big( \\sum_{p \\in \\text{included}}
+        \\lVert \\nabla_p \\ell_i \\rVert_2^2 \\Big)^{1/2}
+
+for every example ``i`` of the batch (THEORY §1: the gradient of the example's *own* loss, not
+divided by the batch size; with ``loss_reduction="mean"`` Opacus multiplies the backpropagated
+signal by the batch size to undo the mean).
+
+Modes (``mode``):
+
+* ``"ghost"`` (default): norm samplers compute per-layer norms inside the backward pass without
+  materialising per-sample gradients where a sampler exists (Linear, Embedding, and the layers
+  registered by :mod:`lightning_unlearn.grad_norms.samplers`); other layers fall back to
+  materialising their own per-sample gradients.
+* ``"hooks"``: Opacus' per-layer grad samplers materialise ``p.grad_sample`` for every
+  parameter; the norms are taken from them.
+* ``"functorch"``: ``torch.func.vmap(grad(...))`` per layer for every layer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, get_args
+
+import torch
+from opacus.grad_sample.utils import prepare_module
+from torch import Tensor, nn
+
+from lightning_unlearn.errors import NormHooksError, UnsupportedLayerError
+
+__all__ = [
+    "GradSampleMode",
+    "LossReduction",
+    "NormHooks",
+    "attach_norm_hooks",
+    "find_unsupported_modules",
+]
+
+GradSampleMode = Literal["ghost", "hooks", "functorch"]
+LossReduction = Literal["mean", "sum"]
+
+# Attribute set on a module while hooks are attached (attaching twice is an error, STYLE §4).
+_MARKER = "_lightning_unlearn_norm_hooks"
+# Attributes Opacus' hooks leave on parameters and modules during a step.
+_PARAM_ATTRS = ("_norm_sample", "_current_grad_sample")
+_MODULE_ATTRS = ("activations", "max_batch_len")
+
+
+def find_unsupported_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """List the trainable layers that have no meaningful per-sample gradient.
+
+    A layer is unsupported when it owns trainable parameters *and* buffers, like
+    ``nn.BatchNorm*d``: its output for one example depends on the other examples of the batch
+    through running statistics, so "the gradient of one example's loss" is not defined.
+
+    Args:
+        module: the module to inspect (recursively).
+
+    Returns:
+        ``(qualified_name, layer)`` pairs, in ``named_modules`` order.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        >>> [name for name, _ in find_unsupported_modules(net)]
+        ['1']
+    """
+    found = []
+    for name, layer in module.named_modules():
+        trainable = any(p.requires_grad for p in layer.parameters(recurse=False))
+        if trainable and any(True for _ in layer.buffers(recurse=False)):
+            found.append((name, layer))
+    return found
+
+
+class NormHooks:
+    """Handle on the per-sample gradient-norm hooks attached to one module.
+
+    Created by :func:`attach_norm_hooks`; do not instantiate directly. It can be used as a
+    context manager that detaches on exit.
+
+    Attributes:
+        module: the module the hooks are attached to (unchanged, not wrapped).
+        mode: ``"ghost"``, ``"hooks"`` or ``"functorch"``.
+        loss_reduction: ``"mean"`` or ``"sum"``, how the loss was reduced over the batch.
+        excluded_parameter_names: names of trainable parameters left out of the norm
+            (``exclude_unsupported=True``).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        opacus_hooks: Any,
+        parameters: list[nn.Parameter],
+        mode: GradSampleMode,
+        loss_reduction: LossReduction,
+        excluded_parameter_names: list[str],
+    ) -> None:
+        self.module = module
+        self.mode: GradSampleMode = mode
+        self.loss_reduction: LossReduction = loss_reduction
+        self.excluded_parameter_names = excluded_parameter_names
+        self._opacus_hooks: Any = opacus_hooks
+        self._parameters = parameters
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are still attached (``detach`` not yet called)."""
+        return self._opacus_hooks is not None
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters whose per-sample gradients make up the norm."""
+        return list(self._parameters)
+
+    def per_sample_norms(self) -> Tensor:
+        """Per-example gradient norms of the last backward pass.
+
+        Call after an ordinary ``loss.backward()`` (or ``torch.autograd.grad``) through the
+        module in training mode. Parameters that took no part in the pass contribute zero.
+
+        .. math::
+
+            \\lVert g_i \\rVert_2
+                = \\Big( \\sum_p \\lVert \\nabla_p \\ell_i \\rVert_2^2 \\Big)^{1/2}
+
+        Returns:
+            A 1-D tensor of length B (the batch size seen by the layers) on the device of the
+            module's parameters, float32 (float64 if the per-layer norms are float64). No host
+            synchronisation happens.
+
+        Raises:
+            NormHooksError: the hooks were detached, or no per-sample gradient was recorded
+                (no backward pass since the last :meth:`clear`, or the module was in eval mode).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Linear(3, 1, bias=False)
+            >>> hooks = attach_norm_hooks(net, mode="hooks", loss_reduction="sum")
+            >>> x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 4.0]])
+            >>> net(x).sum().backward()
+            >>> hooks.per_sample_norms()
+            tensor([1., 5.])
+            >>> hooks.detach()
+        """
+        self._check_attached()
+        sq_terms: list[Tensor] = []
+        for p in self._parameters:
+            sq = self._param_sq_norms(p)
+            if sq is not None:
+                sq_terms.append(sq)
+        if not sq_terms:
+            raise NormHooksError(
+                "Expected per-sample gradients from a backward pass, but none were recorded. "
+                "Call `per_sample_norms()` after `loss.backward()` on a forward pass made in "
+                "training mode (`module.train()`) with gradients enabled, and before `clear()`."
+            )
+        sizes = {int(t.shape[0]) for t in sq_terms}
+        if len(sizes) != 1:
+            raise NormHooksError(
+                "Expected every layer to see the same batch size, but got per-sample gradients "
+                f"of sizes {sorted(sizes)}. Layers must take batch-first inputs of the same "
+                "batch; call `per_sample_norms()` after every backward pass."
+            )
+        device = sq_terms[0].device
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in sq_terms) else torch.float32
+        total = torch.zeros(sq_terms[0].shape[0], device=device, dtype=dtype)
+        for t in sq_terms:
+            total += t.to(device=device, dtype=dtype)
+        return total.sqrt()
+
+    def _param_sq_norms(self, p: nn.Parameter) -> Tensor | None:
+        """Squared per-sample norm of one parameter's gradient, or None if it took no part."""
+        if self.mode == "ghost":
+            ns = getattr(p, "_norm_sample", None)
+            if ns is None:
+                return None
+            ns = ns.float() if ns.dtype in (torch.float16, torch.bfloat16) else ns
+            return ns * ns
+        gs = getattr(p, "grad_sample", None)
+        if gs is None:
+            return None
+        if isinstance(gs, list):
+            # Several backward passes without a read in between: the per-sample gradient of the
+            # summed losses is the sum (only meaningful for the same batch).
+            gs = torch.stack(list(gs)).sum(0)
+        gs = gs.float() if gs.dtype in (torch.float16, torch.bfloat16) else gs
+        return gs.reshape(gs.shape[0], -1).pow(2).sum(1)
+
+    def clear(self) -> None:
+        """Forget the per-sample state of the last pass (call after every read).
+
+        Opacus keeps ``p.grad_sample`` across Lightning's ``zero_grad`` and turns it into a list
+        on the next backward; stale ghost norms would also leak into the next step when a
+        parameter takes no part in it. The monitor calls this after every read.
+        """
+        self._check_attached()
+        for p in self._parameters:
+            for attr in _PARAM_ATTRS:
+                if hasattr(p, attr):
+                    delattr(p, attr)
+            p.grad_sample = None  # type: ignore[attr-defined]
+            p._forward_counter = 0  # type: ignore[attr-defined]
+        for layer in self.module.modules():
+            for attr in _MODULE_ATTRS:
+                if attr in layer.__dict__:
+                    delattr(layer, attr)
+
+    def detach(self) -> None:
+        """Remove every hook and every attribute Opacus added; idempotent.
+
+        The module is left exactly as before :func:`attach_norm_hooks`.
+        """
+        if self._opacus_hooks is None:
+            return
+        self._opacus_hooks.cleanup()
+        self._opacus_hooks = None
+        for layer in self.module.modules():
+            for attr in _MODULE_ATTRS:
+                if attr in layer.__dict__:
+                    delattr(layer, attr)
+        if _MARKER in self.module.__dict__:
+            delattr(self.module, _MARKER)
+
+    def _check_attached(self) -> None:
+        if self._opacus_hooks is None:
+            raise NormHooksError(
+                "Expected attached hooks, but `detach()` was already called; attach new hooks "
+                "with `attach_norm_hooks(module)`."
+            )
+
+    def __enter__(self) -> NormHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return (
+            f"NormHooks(module={type(self.module).__name__}, mode={self.mode!r}, "
+            f"loss_reduction={self.loss_reduction!r}, {state})"
+        )
+
+
+def attach_norm_hooks(
+    module: nn.Module,
+    mode: GradSampleMode = "ghost",
+    *,
+    loss_reduction: LossReduction = "mean",
+    strict: bool = True,
+    exclude_unsupported: bool = False,
+) -> NormHooks:
+    """Attach per-sample gradient-norm hooks to ``module`` in place (no wrapping).
+
+    Module identity, class and ``state_dict`` keys are unchanged and ``p.grad`` is unaffected.
+    Remove the hooks with :meth:`NormHooks.detach`. Hooks attached after ``torch.compile`` are
+    ignored by the compiled graph: attach to the eager module.
+
+    Args:
+        module: the module (e.g. a ``LightningModule``) whose parameters' per-sample gradient
+            norms are wanted. Layers must take batch-first inputs.
+        mode: ``"ghost"`` (default), ``"hooks"`` or ``"functorch"`` (see the module docstring).
+        loss_reduction: ``"mean"`` if the loss is averaged over the batch (the default), or
+            ``"sum"``. Must match the loss, or the norms come out B times too large or small.
+        strict: if True, trainable layers with buffers (``BatchNorm``) raise
+            :class:`UnsupportedLayerError` unless ``exclude_unsupported`` is set. If False, such
+            layers are excluded from the norm with a warning.
+        exclude_unsupported: explicit opt-in to exclude the parameters of unsupported layers
+            from the norm. The norms then describe the remaining parameters only, and because a
+            BatchNorm layer mixes the examples of a batch, the remaining per-sample gradients
+            are approximations: privacy losses computed from them are not per-instance
+            guarantees for the excluded parameters nor exact for the others.
+
+    Returns:
+        A :class:`NormHooks` handle.
+
+    Raises:
+        ValueError: ``mode`` or ``loss_reduction`` is not one of the allowed values.
+        NormHooksError: hooks are already attached to this module (or a module inside or
+            around it).
+        UnsupportedLayerError: a trainable layer has no per-sample gradient (BatchNorm) and
+            neither ``exclude_unsupported=True`` nor ``strict=False`` was given, or Opacus
+            cannot compute per-sample gradients for a layer.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> hooks = attach_norm_hooks(net)  # ghost mode
+        >>> x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+        >>> nn.functional.cross_entropy(net(x), y).backward()
+        >>> hooks.per_sample_norms().shape
+        torch.Size([5])
+        >>> hooks.clear(); hooks.detach()
+    """
+    if mode not in get_args(GradSampleMode):
+        raise ValueError(
+            f"Expected `mode` to be one of {get_args(GradSampleMode)}, but got {mode!r}."
+        )
+    if loss_reduction not in get_args(LossReduction):
+        raise ValueError(
+            "Expected `loss_reduction` to be one of "
+            f"{get_args(LossReduction)}, but got {loss_reduction!r}."
+        )
+    for name, layer in module.named_modules():
+        if _MARKER in layer.__dict__ or "autograd_grad_sample_hooks" in layer.__dict__:
+            where = "this module" if layer is module else f"its submodule {name!r}"
+            raise NormHooksError(
+                f"Expected a module without per-sample hooks, but {where} already has them "
+                "attached. Attach once per module, or call `detach()` on the existing "
+                "`NormHooks` (the monitor detaches in `teardown`) before attaching again."
+            )
+
+    unsupported = find_unsupported_modules(module)
+    if unsupported and strict and not exclude_unsupported:
+        names = ", ".join(f"{n or '<root>'} ({type(m).__name__})" for n, m in unsupported)
+        raise UnsupportedLayerError(
+            f"Expected layers with per-sample gradients, but got {names}: layers with running "
+            "statistics (BatchNorm) mix the examples of a batch, so one example's gradient is "
+            "not defined. Replace them with `nn.GroupNorm` (for example with "
+            "`opacus.validators.ModuleValidator.fix(model)`), or pass "
+            "`exclude_unsupported=True` to leave their parameters out of the norm "
+            "(the norms are then approximate; see the docs)."
+        )
+    if unsupported and not exclude_unsupported:
+        warnings.warn(
+            "Excluding the parameters of layers without per-sample gradients from the norm: "
+            + ", ".join(n or "<root>" for n, _ in unsupported),
+            UserWarning,
+            stacklevel=2,
+        )
+
+    excluded_ids = {id(p) for _, m in unsupported for p in m.parameters(recurse=False)}
+    excluded_names = [n for n, p in module.named_parameters() if id(p) in excluded_ids]
+    if mode == "ghost":
+        from lightning_unlearn.grad_norms.samplers import register_norm_samplers
+
+        register_norm_samplers()
+
+    with _frozen(p for _, m in unsupported for p in m.parameters(recurse=False)):
+        parameters = [p for p in module.parameters() if p.requires_grad]
+        try:
+            opacus_hooks = prepare_module(
+                module,
+                mode,
+                wrap_model=False,
+                loss_reduction=loss_reduction,
+                strict=True,
+            )
+        except NotImplementedError as err:
+            raise UnsupportedLayerError(
+                f"Opacus cannot compute per-sample gradients for a layer of "
+                f"{type(module).__name__}: {err}. Replace the layer (BatchNorm -> GroupNorm, see "
+                "`opacus.validators.ModuleValidator.fix`) or use another `mode`."
+            ) from err
+    module.__dict__[_MARKER] = True
+    return NormHooks(module, opacus_hooks, parameters, mode, loss_reduction, excluded_names)
+
+
+@contextmanager
+def _frozen(params: Iterator[nn.Parameter]) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` so Opacus attaches no hooks for ``params``."""
+    frozen = [p for p in params if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
