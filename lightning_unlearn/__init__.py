@@ -4,12 +4,14 @@ The public API is re-exported here; see the documentation for tutorials and THEO
 """
 
 from lightning_unlearn.accounting import PrivacyLedger
+from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
 from lightning_unlearn.errors import (
     ForgetSetError,
     LedgerMismatchError,
     LightningUnlearnError,
     MissingSampleIdError,
     NonFiniteGradientError,
+    NormHooksError,
     UnsupportedLayerError,
     UnsupportedOrderError,
 )
@@ -22,6 +24,8 @@ __all__ = [
     "LightningUnlearnError",
     "MissingSampleIdError",
     "NonFiniteGradientError",
+    "NormHooksError",
+    "PerInstancePrivacyMonitor",
     "PrivacyLedger",
     "UnsupportedLayerError",
     "UnsupportedOrderError",
