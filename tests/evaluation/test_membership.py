@@ -38,7 +38,7 @@ def test_loss_mia_auroc_equals_sklearn(n_m, n_n, ties):
 
 def test_loss_mia_auroc_on_trained_digits(digits):
     x, y = digits
-    model = train(make_mlp(hidden=64), x[:100], y[:100], steps=300)
+    model = train(make_mlp(hidden=64), x[:100], y[:100], steps=60)
     with torch.no_grad():
         losses = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
     auroc = loss_mia_auroc(losses[:100], losses[100:])
@@ -71,7 +71,7 @@ def test_learned_mia_separates_and_matches_chance():
 
 def test_learned_mia_on_digits_features(digits):
     x, y = digits
-    model = train(make_mlp(hidden=64), x[:150], y[:150], steps=300)
+    model = train(make_mlp(hidden=64), x[:150], y[:150], steps=60)
     with torch.no_grad():
         feats = mia_features(model(x), y)
     expected_loss = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
