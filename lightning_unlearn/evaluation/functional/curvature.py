@@ -129,7 +129,8 @@ def input_curvature(
             x, y, sid = split_batch(batch, batch_fn)
             assert sid is not None
             x, y = x.to(device), y.to(device)
-            scores.append(_input_curvature_update(model, x, y, num_probes, kind, generator, max_rows))
+            curvature = _input_curvature_update(model, x, y, num_probes, kind, generator, max_rows)
+            scores.append(curvature)
             ids.append(sid.to(device))
     if not scores:
         raise ValueError("Expected a non-empty `dataloader`, but it yielded no batches.")
