@@ -1,0 +1,79 @@
+"""The accounting core imports with lightning, pytorch_lightning and opacus unimportable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning_unlearn
+
+PACKAGE_DIR = Path(lightning_unlearn.__file__).parent
+
+# Runs in a fresh interpreter. The top-level package __init__ re-exports callbacks etc. that
+# legitimately need lightning, so it is bypassed: the package is registered as an empty module
+# whose __path__ is the real directory, and only `lightning_unlearn.accounting` (and what it
+# imports itself) executes. Any attempt to import a blocked module is recorded and fails.
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys, types
+
+    BLOCKED = ("lightning", "pytorch_lightning", "opacus", "lightning_utilities", "torchmetrics")
+    attempts = []
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                attempts.append(name)
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    for name in list(sys.modules):
+        if name.split(".")[0] in BLOCKED:
+            del sys.modules[name]
+
+    pkg = types.ModuleType("lightning_unlearn")
+    pkg.__path__ = [PACKAGE_DIR]
+    sys.modules["lightning_unlearn"] = pkg
+
+    import torch
+    import lightning_unlearn.accounting as acc
+
+    ledger = acc.PrivacyLedger(3, alphas=(2, 8))
+    norms = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    rdp = acc.per_step_rdp(acc.dpsgd_ratios(norms, 1.0, 1.0), 0.5, ledger.alphas)
+    ledger.update(torch.tensor([0, 2]), rdp, norms)
+    eps, _ = ledger.epsilon(1e-5)
+    assert eps[2] > eps[0] > 0
+    assert not attempts, attempts
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not loaded, loaded
+    own = sorted(m for m in sys.modules if m.startswith("lightning_unlearn."))
+    print("OK", own)
+    """
+).replace("PACKAGE_DIR", repr(str(PACKAGE_DIR)))
+
+
+def test_accounting_imports_without_lightning_or_opacus() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK")
+    imported = result.stdout
+    assert "lightning_unlearn.accounting.ledger" in imported
+    # only the accounting subpackage and the shared errors module were needed
+    for other in ("callbacks", "grad_norms", "unlearning", "evaluation", "data"):
+        assert f"lightning_unlearn.{other}" not in imported
+
+
+def test_blocker_really_blocks() -> None:
+    """Guard against a vacuous pass: the same script with `import opacus` must fail."""
+    script = SCRIPT.replace("import torch\n", "import torch\nimport opacus\n", 1)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0
+    assert "opacus is blocked" in result.stderr
