@@ -209,6 +209,7 @@ class DigitsDataModule(TensorSplitDataModule):
         _check_fraction("test_fraction", test_fraction)
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
+        self.save_hyperparameters()
 
     @override
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -331,6 +332,19 @@ class FashionMNISTDataModule(TensorSplitDataModule):
         self.subset = None if subset is None else int(subset)
         self.test_subset = None if test_subset is None else int(test_subset)
         self.val_fraction = float(val_fraction)
+        # Plain types only, so checkpoints holding these load with `weights_only=True`.
+        self.save_hyperparameters(
+            {
+                "data_dir": None if data_dir is None else str(data_dir),
+                "batch_size": self.batch_size,
+                "subset": self.subset,
+                "test_subset": self.test_subset,
+                "val_fraction": self.val_fraction,
+                "seed": self.seed,
+                "eval_batch_size": self.eval_batch_size,
+                "num_workers": self.num_workers,
+            }
+        )
 
     @staticmethod
     def _to_tensor(images: np.ndarray) -> torch.Tensor:
