@@ -56,3 +56,30 @@ class CrashAt(pl.Callback):
     ) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch_idx:
             raise RuntimeError("simulated crash")
+
+
+class SaveLedgerPerRank(pl.Callback):
+    """Write every rank's copy of the monitor's ledger (ddp_spawn: the parent sees none)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning_unlearn import PerInstancePrivacyMonitor
+
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, PerInstancePrivacyMonitor):
+                cb.ledger.save(f"{self.directory}/rank{trainer.global_rank}.pt")
+
+
+def opacus_rdp(
+    norms: torch.Tensor, sigma: float, q: float, alphas: tuple[int, ...]
+) -> torch.Tensor:
+    """Per-instance RDP of one step from Opacus' analysis: r = ||g|| / sigma <=> sigma' = 1/r."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    rows = [
+        compute_rdp(q=q, noise_multiplier=float(sigma / g), steps=1, orders=list(alphas))
+        for g in norms.tolist()
+    ]
+    return torch.tensor(rows, dtype=torch.float64)
