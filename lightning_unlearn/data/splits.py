@@ -53,6 +53,11 @@ def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
             "Expected `forget_ids` to be a sequence of integer sample ids, but got "
             f"{type(forget_ids).__name__} ({err})."
         ) from None
+    if ids.numel() == 0:
+        raise ForgetSetError(
+            "Expected at least one forget id, but got an empty forget set; there is nothing to "
+            "unlearn."
+        )
     if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex:
         raise ForgetSetError(
             "Expected `forget_ids` to be a 1-D sequence of integer sample ids, but got dtype "
@@ -64,11 +69,6 @@ def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
             "`mask.nonzero().flatten()` instead."
         )
     ids = ids.long().cpu()
-    if ids.numel() == 0:
-        raise ForgetSetError(
-            "Expected at least one forget id, but got an empty forget set; there is nothing to "
-            "unlearn."
-        )
     bad = ids[(ids < 0) | (ids >= num_samples)]
     if bad.numel():
         raise ForgetSetError(
@@ -94,15 +94,18 @@ class EpochSeededSampler(Sampler[int]):
 
     Lightning calls ``set_epoch`` on samplers that have it, so a run resumed from an end-of-epoch
     checkpoint sees exactly the batches the uninterrupted run would have seen. Under DDP
-    Lightning replaces it with a seeded ``DistributedSampler``.
+    Lightning distributes it (``DistributedSamplerWrapper``) or replaces it with its seeded
+    ``DistributedSampler``.
 
     Args:
-        num_samples: the length of the data set.
+        indices: the number of items ``n`` (permute ``0..n-1``) or the indices to permute.
         seed: base seed of the permutations.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples = num_samples
+    def __init__(self, indices: int | torch.Tensor, seed: int = 0) -> None:
+        self.indices = (
+            torch.arange(indices) if isinstance(indices, int) else torch.as_tensor(indices).long()
+        )
         self.seed = seed
         self.epoch = 0
 
@@ -112,10 +115,11 @@ class EpochSeededSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        order = torch.randperm(self.indices.numel(), generator=generator)
+        return iter(self.indices[order].tolist())
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.indices.numel()
 
 
 class ForgetRetainDataModule(pl.LightningDataModule):
@@ -217,9 +221,10 @@ class ForgetRetainDataModule(pl.LightningDataModule):
                     "were held out (never trained on); drop them or pass `heldout` as a dataset."
                 )
         else:
-            self.heldout_set = heldout if isinstance(heldout, IndexedDataset) else None
-            if self.heldout_set is None:
-                self.heldout_set = IndexedDataset(heldout)
+            self.heldout_set = (
+                heldout if isinstance(heldout, IndexedDataset) else IndexedDataset(heldout)
+            )
+            train_ids = all_ids
         self.train_ids = train_ids
         self.retain_ids = train_ids[~torch.isin(train_ids, self.forget_ids)]
         if self.retain_ids.numel() == 0:
@@ -269,9 +274,22 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         )
 
     def full_train_dataloader(self, *, shuffle: bool = True) -> DataLoader:
-        """The whole training set (retain and forget, not the held-out split), for the original
-        training run; batches carry the original ids."""
-        return self._loader(self.train_set, self.batch_size, shuffle=shuffle)
+        """The whole training set (retain and forget, not a held-out split), for training the
+        original model; batches carry the original ids.
+
+        Its ``.dataset`` is the full indexed data set (a held-out split is left out by the
+        sampler), so a :class:`~lightning_unlearn.PerInstancePrivacyMonitor` sizes its ledger
+        to ``num_samples`` and fingerprints the same data set :func:`compute_budget` checks.
+        With a held-out split, pass the monitor ``sample_rate=batch_size / len(train_set)``.
+        """
+        ids = self.train_ids
+        sampler = EpochSeededSampler(ids, self.seed) if shuffle else ids.tolist()
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+        )
 
     def retain_dataloader(self, *, shuffle: bool = False) -> DataLoader:
         """The retain set ``D \\ F``; shuffled with ``shuffle=True`` (for retraining)."""

@@ -14,6 +14,7 @@ from lightning_unlearn.accounting import (
     forget_set_privacy_loss,
     unlearning_steps,
 )
+from lightning_unlearn.callbacks._monitor_utils import dataset_fingerprint
 from lightning_unlearn.data.splits import ForgetRetainDataModule, validate_forget_ids
 from lightning_unlearn.errors import LedgerMismatchError
 
@@ -33,7 +34,8 @@ def check_ledger(
         ledger: the training run's ledger.
         num_samples: size ``N`` of the data set the forget ids refer to.
         expected_metadata: entries the ledger's ``metadata`` must agree with (for example
-            ``{"dataset_fingerprint": ...}``); keys absent from the ledger are not checked.
+            ``{"dataset_fingerprint": ...}``); keys absent from the ledger (or ``None`` there)
+            are not checked.
 
     Raises:
         LedgerMismatchError: ``N`` differs or a metadata entry differs.
@@ -53,7 +55,7 @@ def check_ledger(
             "on this data set."
         )
     for key, value in (expected_metadata or {}).items():
-        if key in ledger.metadata and ledger.metadata[key] != value:
+        if ledger.metadata.get(key) is not None and ledger.metadata[key] != value:
             raise LedgerMismatchError(
                 f"Expected ledger metadata {key!r} = {value!r}, but the ledger has "
                 f"{ledger.metadata[key]!r}: it was recorded on another data set or run; load "
@@ -135,7 +137,10 @@ def compute_budget(
         aggregate: ``"max"``, ``"mean"`` or ``"sum"``.
         num_samples: size of the data set the ids refer to (default: the data module's, else
             the ledger's); a different ledger size is an error.
-        expected_metadata: ledger metadata entries that must match (see :func:`check_ledger`).
+        expected_metadata: ledger metadata entries that must match (see :func:`check_ledger`);
+            with a data module, default: the ``"dataset_fingerprint"`` that
+            :class:`~lightning_unlearn.PerInstancePrivacyMonitor` records, computed on
+            ``forget.dataset``.
 
     Returns:
         The budget, an int ``>= 0``.
@@ -173,6 +178,10 @@ def compute_budget(
         )
     if isinstance(forget, ForgetRetainDataModule):
         num_samples = forget.num_samples if num_samples is None else num_samples
+        if expected_metadata is None and ledger.metadata.get("dataset_fingerprint"):
+            expected_metadata = {
+                "dataset_fingerprint": dataset_fingerprint(forget.dataset, forget.num_samples)
+            }
         forget = forget.forget_ids
     check_ledger(
         ledger, ledger.num_samples if num_samples is None else num_samples, expected_metadata
