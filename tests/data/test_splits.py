@@ -66,7 +66,8 @@ def test_heldout_dataset_and_datamodule_input() -> None:
 
     held = TensorDataset(torch.zeros(5, 1), torch.zeros(5, dtype=torch.long))
     dm = ForgetRetainDataModule(DM(), [5], heldout=held)
-    assert dm.num_samples == 20 and len(dm.retain_set) == 19
+    assert dm.num_samples == 20
+    assert len(dm.retain_set) == 19
     _, ids = _collect(dm.heldout_dataloader())
     assert ids.tolist() == [0, 1, 2, 3, 4]
 
@@ -102,7 +103,8 @@ def test_forget_ids_inside_heldout_split_are_rejected() -> None:
 
 def test_validate_returns_sorted_unique_long() -> None:
     out = validate_forget_ids(torch.tensor([9, 2, 5], dtype=torch.int32), 10)
-    assert out.dtype == torch.long and out.tolist() == [2, 5, 9]
+    assert out.dtype == torch.long
+    assert out.tolist() == [2, 5, 9]
 
 
 def test_epoch_seeded_sampler_reproduces_per_epoch() -> None:
@@ -115,4 +117,5 @@ def test_epoch_seeded_sampler_reproduces_per_epoch() -> None:
     b.set_epoch(1)
     assert list(a) == list(b)
     sub = EpochSeededSampler(torch.tensor([3, 8, 11]), seed=0)
-    assert sorted(sub) == [3, 8, 11] and len(sub) == 3
+    assert sorted(sub) == [3, 8, 11]
+    assert len(sub) == 3

@@ -102,8 +102,10 @@ def test_finetune_unlearns_and_calibrated_stop_fires_before_budget(
     quiet_trainer(max_steps=budget, callbacks=[stop, recorder]).fit(unlearner, datamodule=dm)
     result = unlearner.result
     assert result is not None
-    assert result.stop_reason == "calibrated" and result.steps < budget
-    assert result.budget == budget and result.steps == stop.stopped_step
+    assert result.stop_reason == "calibrated"
+    assert result.steps < budget
+    assert result.budget == budget
+    assert result.steps == stop.stopped_step
     # It stopped at the first satisfied check, and only then.
     satisfied = [r["step"] for r in result.trajectory if r["satisfied"]]
     assert satisfied == [result.steps]
@@ -112,10 +114,12 @@ def test_finetune_unlearns_and_calibrated_stop_fires_before_budget(
     before, after = result.before["forget_mia_auroc"], _sklearn_auroc(model, dm)
     assert before > 0.85
     assert after == pytest.approx(result.after["forget_mia_auroc"], abs=1e-9)
-    assert after <= 0.7 and abs(after - 0.5) < abs(before - 0.5)
+    assert after <= 0.7
+    assert abs(after - 0.5) < abs(before - 0.5)
     assert result.after["retain"]["accuracy"] >= result.before["retain"]["accuracy"] - 0.03
     # The unlearned model is the user's own object, class and keys.
-    assert unlearner.unlearned_module() is model and type(model) is DigitsMLP
+    assert unlearner.unlearned_module() is model
+    assert type(model) is DigitsMLP
     assert set(model.state_dict()) == set(trained["model"].state_dict())
     # JSON round trip of the whole record.
     path = tmp_path / "result.json"
@@ -158,9 +162,11 @@ def test_sgld_unlearns_within_budget(trained: dict[str, Any]) -> None:
     quiet_trainer(max_steps=120, callbacks=[stop]).fit(unlearner, datamodule=dm)
     result = unlearner.result
     assert result is not None
-    assert result.stop_reason == "budget" and result.steps == 120
+    assert result.stop_reason == "budget"
+    assert result.steps == 120
     assert stop.stopped_step is None
     before, after = result.before["forget_mia_auroc"], _sklearn_auroc(model, dm)
-    assert after < before - 0.1 and abs(after - 0.5) < abs(before - 0.5)
+    assert after < before - 0.1
+    assert abs(after - 0.5) < abs(before - 0.5)
     assert result.after["retain"]["accuracy"] >= result.before["retain"]["accuracy"] - 0.03
     assert result.after["forget"]["loss"] > result.before["forget"]["loss"]
