@@ -5,6 +5,7 @@ The public API is re-exported here; see the documentation for tutorials and THEO
 
 from lightning_unlearn.accounting import PrivacyLedger
 from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
+from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.errors import (
     ForgetSetError,
     LedgerMismatchError,
@@ -13,12 +14,16 @@ from lightning_unlearn.errors import (
     NonFiniteGradientError,
     NormHooksError,
     UnsupportedLayerError,
+    UnsupportedModuleError,
     UnsupportedOrderError,
 )
+from lightning_unlearn.unlearning import SGLD, UnlearningModule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGLD",
+    "ForgetRetainDataModule",
     "ForgetSetError",
     "LedgerMismatchError",
     "LightningUnlearnError",
@@ -27,7 +32,9 @@ __all__ = [
     "NormHooksError",
     "PerInstancePrivacyMonitor",
     "PrivacyLedger",
+    "UnlearningModule",
     "UnsupportedLayerError",
+    "UnsupportedModuleError",
     "UnsupportedOrderError",
     "__version__",
 ]

@@ -13,15 +13,18 @@ from lightning_unlearn.data.modules import (
     TensorSplitDataModule,
     read_idx,
 )
+from lightning_unlearn.data.splits import ForgetRetainDataModule, validate_forget_ids
 
 __all__ = [
     "FASHION_MNIST_DIR",
     "SAMPLE_ID_KEY",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "ForgetRetainDataModule",
     "IndexedDataset",
     "TensorSplitDataModule",
     "get_sample_ids",
     "indexed_item_type",
     "read_idx",
+    "validate_forget_ids",
 ]
