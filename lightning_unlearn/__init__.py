@@ -4,7 +4,7 @@ The public API is re-exported here; see the documentation for tutorials and THEO
 """
 
 from lightning_unlearn.accounting import PrivacyLedger
-from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
+from lightning_unlearn.callbacks import DifficultyMonitor, PerInstancePrivacyMonitor
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.errors import (
     ForgetSetError,
@@ -17,16 +17,19 @@ from lightning_unlearn.errors import (
     UnsupportedModuleError,
     UnsupportedOrderError,
 )
+from lightning_unlearn.evaluation import LossBarrier, loss_barrier, loss_mia_auroc
 from lightning_unlearn.unlearning import SGLD, UnlearningModule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGLD",
+    "DifficultyMonitor",
     "ForgetRetainDataModule",
     "ForgetSetError",
     "LedgerMismatchError",
     "LightningUnlearnError",
+    "LossBarrier",
     "MissingSampleIdError",
     "NonFiniteGradientError",
     "NormHooksError",
@@ -37,4 +40,6 @@ __all__ = [
     "UnsupportedModuleError",
     "UnsupportedOrderError",
     "__version__",
+    "loss_barrier",
+    "loss_mia_auroc",
 ]

@@ -24,12 +24,61 @@ from lightning_unlearn.evaluation.functional._batch import (
 )
 
 __all__ = [
+    "DIFFICULTY_FIELDS",
     "el2n_scores",
     "forgetting_events",
     "grand_scores",
     "mean_true_class_confidence",
     "true_class_confidence",
 ]
+
+
+DIFFICULTY_FIELDS = ("count", "correct", "confidence", "el2n")
+"""Rows of the dense per-example table built by :func:`_difficulty_update`."""
+
+
+def _difficulty_update(
+    logits: Tensor, targets: Tensor, sample_ids: Tensor, num_samples: int
+) -> Tensor:
+    """Dense ``[4, num_samples]`` float64 sums (count, correct, confidence, EL2N) by sample id.
+
+    Sums (not means) so that tables from several batches or ranks combine by addition; a
+    duplicated id (DistributedSampler padding) is counted twice and averaged away later.
+    """
+    _check_logits(logits, targets)
+    ids = sample_ids.to(logits.device).long()
+    if ids.shape != targets.shape:
+        raise ValueError(
+            f"Expected `sample_ids` of shape {tuple(targets.shape)}, but got {tuple(ids.shape)}."
+        )
+    # One host sync per batch: this runs in evaluation passes, not in the training step.
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_samples):
+        raise ValueError(
+            f"Expected sample ids in [0, {num_samples}), but got ids from {int(ids.min())} to "
+            f"{int(ids.max())}; set `num_samples` to the size of the whole training set."
+        )
+    targets = targets.to(logits.device).long()
+    rows = torch.stack(
+        [
+            torch.ones_like(targets, dtype=torch.float64),
+            (logits.argmax(dim=-1) == targets).double(),
+            true_class_confidence(logits, targets).double(),
+            el2n_scores(logits, targets).double(),
+        ]
+    )
+    table = torch.zeros(len(DIFFICULTY_FIELDS), num_samples, dtype=torch.float64, device=ids.device)
+    return table.index_add_(1, ids, rows)
+
+
+def _difficulty_compute(table: Tensor) -> dict[str, Tensor]:
+    """Per-example means of a :func:`_difficulty_update` table; NaN where never seen."""
+    count = table[0]
+    seen = count > 0
+    out = {}
+    for row, name in enumerate(DIFFICULTY_FIELDS[1:], start=1):
+        mean = table[row] / count.clamp_min(1.0)
+        out[name] = torch.where(seen, mean, torch.full_like(mean, float("nan")))
+    return out
 
 
 def _check_logits(logits: Tensor, targets: Tensor) -> None:
