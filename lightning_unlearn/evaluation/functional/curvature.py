@@ -1,7 +1,7 @@
 """Input-loss curvature: Hutchinson estimates of the Hessian of the loss w.r.t. the input.
 
 THEORY §6 lists "input loss curvature (Hessian trace w.r.t. the input, estimated with random
-vectors)" among the difficulty scores. Garg, Ahmed, Kumar and Roy (CVPR 2024) and Ravikumar
+vectors)" among the difficulty scores. Garg, Ahmed, Kumar and Roy (ICML 2024) and Ravikumar
 et al. (2024) relate input-loss curvature to memorisation and to privacy; their estimator
 averages squared norms of finite-difference gradient changes along Rademacher directions,
 which approximates :math:`\\operatorname{tr}(H^2)` (up to the step size squared). We offer both
