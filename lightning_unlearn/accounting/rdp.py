@@ -94,12 +94,12 @@ def _coefficients(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Constants of the ``k >= 2`` terms for orders ``alphas`` and rate ``q`` (cached).
 
-    The terms of all orders are laid out flat, order after order (``sum(alpha - 1)`` columns
-    instead of a padded ``K * (max(alpha) - 1)``). Returns ``half_kk1 [M]`` (``k (k - 1) / 2``
-    for ``k = 2..max(alpha)``), and for the flat layout ``log_weight [T]`` (log of
-    ``binom(alpha, k) (1 - q)^(alpha - k) q^k``), ``k_index [T]`` (column of ``half_kk1``),
-    ``order_index [T]`` (which order), ``segments [T, K]`` (0/1 matrix summing a flat row into
-    orders) and ``denom [K]`` (``alpha - 1``).
+    The terms of all orders are laid out flat, order after order (``W = sum(alpha - 1)`` rows
+    instead of a padded ``K * (max(alpha) - 1)``). Returns ``half_kk1 [M, 1]`` (``k (k - 1) / 2``
+    for ``k = 2..max(alpha)``) and, for the flat layout, ``log_weight [W, 1]`` (log of
+    ``binom(alpha, k) (1 - q)^(alpha - k) q^k``), ``k_index [W]`` (row of ``half_kk1``),
+    ``order_index [W]`` (which order), ``segments [K, W]`` (0/1 matrix summing the rows of each
+    order) and ``denom [K]`` (``alpha - 1``).
     """
     k_list = [k for a in alphas for k in range(2, a + 1)]
     o_list = [i for i, a in enumerate(alphas) for _ in range(2, a + 1)]
@@ -109,13 +109,13 @@ def _coefficients(
     log_weight = log_binom + k * math.log(q) + (a - k) * math.log1p(-q)
     k_all = torch.arange(2, max(alphas) + 1, dtype=torch.float64, device=device)
     order_index = torch.tensor(o_list, dtype=torch.int64, device=device)
-    segments = torch.nn.functional.one_hot(order_index, len(alphas)).to(torch.float64)
+    segments = torch.nn.functional.one_hot(order_index, len(alphas)).to(torch.float64).T
     return (
-        k_all * (k_all - 1) / 2,
-        log_weight,
+        (k_all * (k_all - 1) / 2).unsqueeze(1),
+        log_weight.unsqueeze(1),
         torch.tensor(k_list, dtype=torch.int64, device=device) - 2,
         order_index,
-        segments,
+        segments.contiguous(),
         torch.tensor(alphas, dtype=torch.float64, device=device) - 1,
     )
 
@@ -124,28 +124,32 @@ def _log_expm1(x: Tensor) -> Tensor:
     """``log(exp(x) - 1)`` for ``x >= 0``, accurate near 0 and without overflow (-inf at 0).
 
     ``exp(x) - 1`` uses Kahan's correction ``(u - 1) x / log(u)`` with ``u = exp(x)``, as accurate
-    as ``expm1`` and several times faster than ``torch.expm1`` on the CPU.
+    as ``expm1`` and several times faster than ``torch.expm1`` on the CPU. Above 40 the result
+    is ``x`` to double precision (``log1p(-exp(-x)) < 5e-18``).
     """
-    xs = x.clamp(max=30.0)
+    xs = x.clamp(max=40.0)
     u = torch.exp(xs)
     em1 = torch.where(u == 1.0, xs, (u - 1.0) * xs / torch.log(u))
-    big = x + torch.log1p(-torch.exp(-x.clamp(max=700.0)))
-    return torch.where(x > 30.0, big, torch.log(em1))
+    return torch.where(x > 40.0, x, torch.log(em1))
 
 
 def _log_one_plus_s(r2: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
-    """``log(1 + S)`` per row and order, ``S = sum_{k>=2} w_{alpha,k} expm1(k(k-1) r^2 / 2)``."""
+    """``log(1 + S)``, ``[K, n]``, with ``S = sum_{k>=2} w_{alpha,k} expm1(k(k-1) r^2 / 2)``.
+
+    Works on ``[terms, examples]`` tables: gathers, segment max and segment sum then move whole
+    contiguous rows, which is several times faster than the ``[examples, terms]`` layout on CPUs.
+    """
     half_kk1, log_weight, k_index, order_index, segments, _ = coefficients
-    log_growth = _log_expm1(r2.unsqueeze(1) * half_kk1)  # [n, M], shared by all orders
-    terms = log_weight + log_growth.index_select(1, k_index)  # [n, T]
+    log_growth = _log_expm1(half_kk1 * r2)  # [M, n], shared by all orders
+    terms = log_weight + log_growth.index_select(0, k_index)  # [W, n]
     # log-sum-exp within each order's segment: shift by the segment's max, so no exp overflows
     # and the exps that matter never underflow (deep underflow is slow on CPUs: clamp it away).
-    shift = terms.new_full((terms.shape[0], segments.shape[1]), -math.inf)
-    shift = shift.scatter_reduce(1, order_index.expand_as(terms), terms, "amax")
+    shift = terms.new_full((segments.shape[0], terms.shape[1]), -math.inf)
+    shift = shift.scatter_reduce(0, order_index.unsqueeze(1).expand_as(terms), terms, "amax")
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    z = terms - shift.index_select(1, order_index)
+    z = terms - shift.index_select(0, order_index)
     scaled = torch.exp(z.clamp(min=-700.0)) * (z >= -700.0)
-    log_s = torch.log(scaled @ segments) + shift
+    log_s = torch.log(segments @ scaled) + shift
     return torch.logaddexp(log_s, torch.zeros_like(log_s))
 
 
@@ -168,8 +172,8 @@ def per_step_rdp(
     ``r = 1 / noise_multiplier`` it is the data-independent RDP of DP-SGD that Opacus' RDP
     accountant uses.
 
-    No Python loop over examples or orders: the terms of all orders are evaluated at once on an
-    ``[N, sum(alpha - 1)]`` table (orders laid out one after the other, no padding), reduced per
+    No Python loop over examples or orders: the terms of all orders are evaluated at once on a
+    ``[sum(alpha - 1), N]`` table (orders laid out one after the other, no padding), reduced per
     order with a segment-wise log-sum-exp (in chunks of rows for very large ``N``). No host
     synchronisation.
 
@@ -211,5 +215,5 @@ def per_step_rdp(
     rows = max(1, _CHUNK_ELEMENTS // coefficients[1].numel())
     denom = coefficients[-1]
     # a handful of chunks at most (bounding memory), never a loop over examples
-    out = [_log_one_plus_s(chunk, coefficients) / denom for chunk in r2.split(rows)]
-    return torch.cat(out).reshape(*batch_shape, len(orders))
+    out = [(_log_one_plus_s(chunk, coefficients).T / denom) for chunk in r2.split(rows)]
+    return torch.cat(out).contiguous().reshape(*batch_shape, len(orders))
