@@ -112,7 +112,24 @@ class DifficultyMonitor(Callback):
             self._loaded_state = None
 
     @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # Record after the epoch's last batch: this runs before end-of-epoch validation, so a
+        # checkpoint saved on validation end already holds this epoch's row.
+        if batch_idx + 1 == trainer.num_training_batches:
+            self._record(trainer, pl_module)
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, pl_module)  # no-op when already recorded after the last batch
+
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs != 0 or epoch in self.epochs:
             return

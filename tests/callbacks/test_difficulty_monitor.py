@@ -30,11 +30,11 @@ def digits_dataset(n: int = N) -> IndexedDataset:
 class DigitsClassifier(pl.LightningModule):
     """Module level so that ddp_spawn children can unpickle it."""
 
-    def __init__(self, batch_size: int = 64, n: int = N) -> None:
+    def __init__(self, batch_size: int = 64, n: int = N, validate: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
-        self.batch_size, self.n = batch_size, n
+        self.batch_size, self.n, self.validate = batch_size, n, validate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -42,6 +42,13 @@ class DigitsClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
         return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return DataLoader(digits_dataset(64), batch_size=64) if self.validate else []
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.3)
@@ -141,11 +148,19 @@ def test_ddp_spawn_equals_single_process(tmp_path: Path):
         torch.testing.assert_close(ddp["history"][name], single.history[name], rtol=1e-4, atol=1e-5)
 
 
-def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path: Path):
+@pytest.mark.parametrize("validate", [False, True])
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path: Path, validate: bool):
+    # With validation, ModelCheckpoint saves on validation end, before on_train_epoch_end.
     full = DifficultyMonitor()
-    fit(full, max_epochs=4)
+    fit(full, max_epochs=4, model_kwargs={"validate": validate})
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
-    fit(DifficultyMonitor(), max_epochs=2, enable_checkpointing=True, callbacks=[checkpoint])
+    fit(
+        DifficultyMonitor(),
+        max_epochs=2,
+        enable_checkpointing=True,
+        callbacks=[checkpoint],
+        model_kwargs={"validate": validate},
+    )
     resumed = DifficultyMonitor()
     again = ModelCheckpoint(dirpath=tmp_path / "resumed", save_last=True, save_top_k=0)
     fit(
@@ -154,6 +169,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path: Path):
         ckpt_path=str(tmp_path / "last.ckpt"),
         callbacks=[again],
         enable_checkpointing=True,
+        model_kwargs={"validate": validate},
     )
     assert resumed.epochs == [0, 1, 2, 3]
     for name in ("correct", "confidence", "el2n"):
