@@ -1,10 +1,10 @@
 """Per-instance privacy accounting (THEORY §1-§5): pure tensor math, no lightning, no opacus.
 
-- :mod:`~lightning_unlearn.accounting.conventions`: gradient norms to ratios ``r`` (THEORY §1).
-- :mod:`~lightning_unlearn.accounting.rdp`: per-step per-instance Rényi loss (THEORY §2).
-- :mod:`~lightning_unlearn.accounting.ledger`: the per-example table ``P(x, alpha)`` (THEORY §3).
-- :mod:`~lightning_unlearn.accounting.conversion`: ``(epsilon, delta)`` and worst case (THEORY §4).
-- :mod:`~lightning_unlearn.accounting.bounds`: unlearning steps (THEORY §5, derived constants).
+- ``conventions``: gradient norms to ratios ``r`` (THEORY §1).
+- ``rdp``: per-step per-instance Rényi loss (THEORY §2).
+- ``ledger``: the per-example table ``P(x, alpha)`` (THEORY §3).
+- ``conversion``: ``(epsilon, delta)`` and worst case (THEORY §4).
+- ``bounds``: unlearning steps (THEORY §5, derived constants).
 """
 
 from lightning_unlearn.accounting.bounds import (

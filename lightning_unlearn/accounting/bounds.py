@@ -1,11 +1,11 @@
 """How many unlearning steps an example needs (THEORY §5).
 
-The constants of :func:`unlearning_steps` are **derived** by us from Langevin unlearning [C24]
+The constants of ``unlearning_steps`` are **derived** by us from Langevin unlearning [C24]
 (LSI contraction of Rényi divergence under noisy gradient descent) and the weak triangle
 inequality of Rényi divergence [M17]; they are not quoted from [S25], which establishes the
 structure (steps grow like ``log P(x, 4 alpha)`` plus an irreducible term). For deep networks the
 log-Sobolev constant is unknown, so in practice the affine model ``k = a log P + b`` is fitted to
-measured steps-to-unlearn with :func:`fit_step_model`.
+measured steps-to-unlearn with ``fit_step_model``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class UnlearningConstants:
 
     Attributes:
         alpha: Rényi order ``alpha >= 2`` of the unlearning guarantee; the bound uses the
-            training loss at order ``4 * alpha`` (see :attr:`privacy_order`).
+            training loss at order ``4 * alpha`` (see ``privacy_order``).
         c_lsi: Log-Sobolev constant ``C_LSI > 0`` of the retain set's stationary law.
         noise_multiplier: ``sigma > 0`` of the Langevin noise during unlearning.
         lr: Step size ``eta > 0`` of unlearning.
@@ -205,7 +205,7 @@ def fit_step_model(privacy_losses: Tensor, measured_steps: Tensor) -> StepModel:
         measured_steps: ``[M]`` measured steps-to-unlearn.
 
     Returns:
-        The fitted :class:`StepModel` (``r2`` is 1.0 when all steps are equal and fitted exactly).
+        The fitted ``StepModel`` (``r2`` is 1.0 when all steps are equal and fitted exactly).
 
     Raises:
         ValueError: If shapes differ, a loss is not positive and finite, or fewer than two

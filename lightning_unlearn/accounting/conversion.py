@@ -40,7 +40,7 @@ def rdp_to_epsilon(rdp: Tensor, alphas: Iterable[int], delta: float) -> tuple[Te
     Args:
         rdp: Float tensor ``[..., K]`` of Rényi losses, column ``k`` at order ``alphas[k]``.
         alphas: The ``K`` integer orders of the last dimension, sorted ascending as
-            :func:`~lightning_unlearn.accounting.validate_alphas` returns them.
+            ``validate_alphas`` returns them.
         delta: Target ``delta`` in ``(0, 1)``.
 
     Returns:

@@ -9,6 +9,7 @@ processes reduce by sum (``last_norm`` by max).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -27,7 +28,7 @@ from lightning_unlearn.errors import LedgerMismatchError, UnsupportedOrderError
 __all__ = ["LEDGER_FORMAT_VERSION", "PrivacyLedger"]
 
 LEDGER_FORMAT_VERSION = 1
-"""Version of :meth:`PrivacyLedger.state_dict`; bumped whenever its layout changes."""
+"""Version of ``state_dict``; bumped whenever its layout changes."""
 
 _TENSORS: tuple[tuple[str, torch.dtype, bool], ...] = (
     # name, dtype, has an order dimension
@@ -102,6 +103,11 @@ class PrivacyLedger:
     counts: Tensor
     sq_norm_sum: Tensor
     last_norm: Tensor
+    num_samples: int
+    alphas: tuple[int, ...]
+    convention: Convention
+    metadata: dict[str, Any]
+    device: torch.device
 
     def __init__(
         self,
@@ -112,7 +118,11 @@ class PrivacyLedger:
         device: torch.device | str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        if (
+            isinstance(num_samples, bool)
+            or not isinstance(num_samples, numbers.Integral)
+            or num_samples < 1
+        ):
             raise ValueError(
                 f"Expected `num_samples` to be an integer >= 1, but got {num_samples!r}."
             )
@@ -121,9 +131,9 @@ class PrivacyLedger:
                 f"Expected `convention` to be one of {get_args(Convention)}, but got "
                 f"{convention!r}."
             )
-        self.num_samples = num_samples
+        self.num_samples = int(num_samples)
         self.alphas = validate_alphas(alphas)
-        self.convention: Convention = convention
+        self.convention = convention
         self.metadata = _json_roundtrip(metadata)
         self.device = torch.device(device) if device is not None else torch.get_default_device()
         k = len(self.alphas)
@@ -281,7 +291,7 @@ class PrivacyLedger:
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state from :meth:`state_dict` after validating it.
+        """Load a state from ``state_dict`` after validating it.
 
         The configuration must match; ``metadata`` is replaced by the saved one.
 
@@ -295,7 +305,7 @@ class PrivacyLedger:
         self.metadata = _json_roundtrip(state_dict["metadata"])
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` with ``torch.save`` (atomically; readable without pickle)."""
+        """Write ``state_dict`` with ``torch.save`` (atomically; readable without pickle)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -311,10 +321,10 @@ class PrivacyLedger:
     def load(
         cls, path: str | os.PathLike[str], map_location: torch.device | str | None = None
     ) -> PrivacyLedger:
-        """Read a ledger written by :meth:`save` (``torch.load(..., weights_only=True)``).
+        """Read a ledger written by ``save`` (``torch.load(..., weights_only=True)``).
 
         Args:
-            path: File written by :meth:`save`.
+            path: File written by ``save``.
             map_location: Device of the loaded ledger (default: torch's default device).
 
         Raises:

@@ -159,7 +159,7 @@ def per_step_rdp(
     r"""Per-instance Rényi loss of one step of the sampled Gaussian mechanism (THEORY §2).
 
     For each ratio ``r = Delta(x) / s`` (sensitivity over noise scale, see THEORY §1 and
-    :func:`~lightning_unlearn.accounting.dpsgd_ratios`) and each integer order ``alpha``:
+    ``dpsgd_ratios``) and each integer order ``alpha``:
 
     .. math::
 
@@ -183,7 +183,7 @@ def per_step_rdp(
         sample_rate: The sampling probability ``q`` in ``[0, 1]`` (``batch_size / num_samples``
             for shuffled batches).
         alphas: Integer Rényi orders ``>= 2`` (sorted and deduplicated by
-            :func:`validate_alphas`; the output columns follow the sorted order).
+            ``validate_alphas``; the output columns follow the sorted order).
 
     Returns:
         Float64 tensor of shape ``[..., K]`` on the device of ``ratios``.

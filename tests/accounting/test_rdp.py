@@ -38,8 +38,8 @@ def test_worst_case_ratio_matches_opacus_compute_rdp(q: float, sigma: float) -> 
 
 
 def _mp_rdp(q: float, r: float, alpha: int) -> float:
-    """Direct 60-digit evaluation of the binomial sum of THEORY §2 (no log-space tricks)."""
-    with mpmath.workdps(60):
+    """Direct 120-digit evaluation of the binomial sum of THEORY §2 (no log-space tricks)."""
+    with mpmath.workdps(120):
         q_, r_ = mpmath.mpf(q), mpmath.mpf(r)
         total = mpmath.fsum(
             mpmath.binomial(alpha, k)
@@ -52,7 +52,19 @@ def _mp_rdp(q: float, r: float, alpha: int) -> float:
 
 
 @pytest.mark.parametrize(
-    ("q", "r"), [(1e-4, 0.05), (0.003, 0.7), (0.02, 1.3), (0.25, 0.2), (0.5, 3.0), (0.9, 0.01)]
+    ("q", "r"),
+    [
+        (1e-4, 0.05),
+        (0.003, 0.7),
+        (0.02, 1.3),
+        (0.25, 0.2),
+        (0.5, 3.0),
+        (0.9, 0.01),
+        (0.01, 1e-6),  # tiny losses: the direct double-precision sum would cancel
+        (0.2, 1e-25),
+        (1e-6, 2.0),  # tiny rate, large ratio: terms spanning thousands of orders of magnitude
+        (1e-3, 20.0),
+    ],
 )
 def test_arbitrary_ratios_match_high_precision_sum(q: float, r: float) -> None:
     alphas = (2, 3, 5, 8, 13, 32, 64)
