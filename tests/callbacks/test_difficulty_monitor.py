@@ -190,3 +190,33 @@ def test_state_mismatches_raise_named_errors():
     other_data.load_state_dict(state)
     with pytest.raises(LedgerMismatchError, match="another data set"):
         fit(other_data, max_epochs=2, model_kwargs={"n": 200})
+
+
+def test_correlation_table_with_real_privacy_ledger():
+    """Privacy losses from the real PerInstancePrivacyMonitor against every difficulty score."""
+    from scipy.stats import spearmanr
+
+    from lightning_unlearn import PerInstancePrivacyMonitor
+    from lightning_unlearn.evaluation import correlation_table, grand_scores
+
+    privacy = PerInstancePrivacyMonitor(noise_multiplier=1.0)
+    difficulty = DifficultyMonitor()
+    trainer = fit(difficulty, max_epochs=12, callbacks=[privacy])
+    grand, ids = grand_scores(trainer.lightning_module, DataLoader(digits_dataset(), 64))
+    assert ids.tolist() == list(range(N))
+    scores = {**difficulty.scores(), "grand_final": grand}
+    losses = privacy.ledger.privacy_loss(8)
+    table = correlation_table({"P(alpha=8)": losses}, scores)["P(alpha=8)"]
+    assert set(table) == {
+        "forgetting_events",
+        "never_learned",
+        "mean_confidence",
+        "el2n",
+        "grand_final",
+    }
+    for name, score in scores.items():
+        expected = spearmanr(losses.numpy(), score.numpy()).statistic
+        assert table[name] == pytest.approx(expected, abs=1e-5)
+    # Examples with large gradients accumulate large losses; confident ones small losses.
+    assert table["grand_final"] > 0.5
+    assert table["mean_confidence"] < -0.5
