@@ -30,14 +30,18 @@ __all__ = [
 
 
 def _affine_norms(
-    weight: Tensor | None, bias: Tensor | None, xhat: Tensor, g: Tensor
+    weight: Tensor | None, bias: Tensor | None, xhat: Tensor, g: Tensor, dim: int
 ) -> dict[Tensor, Tensor]:
-    """Norms of ``sum_t g * xhat`` and ``sum_t g``; inputs shaped ``[B, T, P]`` (P = param size)."""
+    """Norms of ``sum_t g * xhat`` and ``sum_t g`` over the position axis ``dim`` (3-d inputs).
+
+    ``xhat`` is a temporary owned by the caller and is overwritten (saves one activation-sized
+    allocation per call).
+    """
     out: dict[Tensor, Tensor] = {}
     if weight is not None and weight.requires_grad:
-        out[weight] = (g * xhat).sum(1).norm(dim=1)
+        out[weight] = xhat.mul_(g).sum(dim).norm(dim=1)
     if bias is not None and bias.requires_grad:
-        out[bias] = g.sum(1).norm(dim=1)
+        out[bias] = g.sum(dim).norm(dim=1)
     return out
 
 
@@ -70,8 +74,9 @@ def group_norm_norm_sample(
     return _affine_norms(
         layer.weight,
         layer.bias,
-        xhat.reshape(b, c, -1).transpose(1, 2),
-        g.reshape(b, c, -1).transpose(1, 2),
+        xhat.reshape(b, c, -1),
+        g.reshape(b, c, -1),
+        dim=2,
     )
 
 
@@ -100,8 +105,9 @@ def instance_norm_norm_sample(
     return _affine_norms(
         layer.weight,
         layer.bias,
-        xhat.reshape(b, c, -1).transpose(1, 2),
-        g.reshape(b, c, -1).transpose(1, 2),
+        xhat.reshape(b, c, -1),
+        g.reshape(b, c, -1),
+        dim=2,
     )
 
 
@@ -125,7 +131,9 @@ def layer_norm_norm_sample(
     xhat = F.layer_norm(x, shape, eps=layer.eps)
     p = math.prod(shape)
     b = x.shape[0]
-    return _affine_norms(layer.weight, layer.bias, xhat.reshape(b, -1, p), g.reshape(b, -1, p))
+    return _affine_norms(
+        layer.weight, layer.bias, xhat.reshape(b, -1, p), g.reshape(b, -1, p), dim=1
+    )
 
 
 def rms_norm_norm_sample(
@@ -148,4 +156,4 @@ def rms_norm_norm_sample(
     xhat = F.rms_norm(x, shape, eps=layer.eps)
     p = math.prod(shape)
     b = x.shape[0]
-    return _affine_norms(layer.weight, None, xhat.reshape(b, -1, p), g.reshape(b, -1, p))
+    return _affine_norms(layer.weight, None, xhat.reshape(b, -1, p), g.reshape(b, -1, p), dim=1)

@@ -1,0 +1,561 @@
+"""Per-step cost of per-sample gradient norms, side by side with plain Lightning training.
+
+One command, one run, every row measured the same way (issue 7)::
+
+    .venv/bin/python benchmarks/bench_step.py                      # CPU, all models and methods
+    .venv/bin/python benchmarks/bench_step.py --device cuda        # on a GPU
+    .venv/bin/python benchmarks/bench_step.py --profile cnn:monitor-ghost   # where the time goes
+
+Each (model, method) case runs in its own fresh Python process (so peak memory and allocator
+state of one case cannot leak into the next): a real ``lightning.pytorch.Trainer`` fits the model
+with SGD on batches of 128 for ``--warmup`` + ``--steps`` steps; the step time is the interval
+between consecutive ``on_train_batch_start`` calls (data loading, forward, backward, every
+callback, optimizer step), and the reported number is the median over the ``--steps`` steps after
+warm-up. Both the wall-clock time and the process CPU time (``time.process_time``) of each step
+are recorded: on a machine shared with other jobs the CPU time is the steadier comparison
+(``--threads 1`` makes it exact work, without OpenMP spin-waits). Methods:
+
+* ``plain``: nothing attached (the baseline of every ratio);
+* ``monitor-ghost`` / ``monitor-hooks`` / ``monitor-functorch``:
+  ``lightning_unlearn.PerInstancePrivacyMonitor(grad_sample_mode=...)`` (norms, per-step RDP and
+  the ledger update);
+* ``ghost-samplers``: Opacus ghost hooks with this package's norm samplers, norms read each step,
+  no ledger (isolates the sampler cost from the monitor's bookkeeping);
+* ``ghost-sum`` (opt-in): as ``ghost-samplers`` but the hooks are told ``loss_reduction="sum"``
+  and the norms are multiplied by the batch size afterwards (exact, since norms are linear in the
+  backpropagated signal): saves Opacus' activation-sized ``backprops * batch_size`` copy per layer;
+* ``opacus-ghost``: Opacus ghost hooks with Opacus' stock samplers only;
+* ``opacus-hooks``: Opacus per-sample gradients (``p.grad_sample``), norms taken from them;
+* ``vmap``: an extra ``torch.func.vmap(grad(...))`` pass over the batch after the backward.
+
+Peak memory. CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before ``fit``. CPU:
+the process's peak resident set size during ``fit`` (``VmHWM`` from ``/proc/self/status``, reset
+through ``/proc/self/clear_refs`` just before ``fit``) minus the resident size before ``fit``:
+everything torch, Lightning and the hooks touch, measured by the kernel. ``ratio_mem`` is the
+method's increase divided by plain training's.
+
+Allocator. Unless ``--no-malloc-env``, every case runs with ``MALLOC_MMAP_THRESHOLD_=4294967296``
+and ``MALLOC_TRIM_THRESHOLD_=4294967296`` (glibc keeps freed buffers instead of returning them to
+the OS each step; see ../shared/PLATFORM.md). This helps the materialising methods most.
+
+Also measured: ``PrivacyLedger.update`` for N = 1,000,000 examples, K = 8 orders, 1024 ids per
+step, as a fraction of the plain CNN step.
+
+Output: a table of ratios to plain, and JSON (``--out``) with ``{"cases": [{"model", "method",
+"ms", "ratio_time", "ratio_mem", ...}], "machine": str, ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = ("mlp", "cnn", "text")
+METHODS = (
+    "plain",
+    "monitor-ghost",
+    "monitor-hooks",
+    "monitor-functorch",
+    "ghost-samplers",
+    "opacus-ghost",
+    "opacus-hooks",
+    "vmap",
+)
+EXTRA_METHODS = ("ghost-sum",)  # opt-in (--methods ... ghost-sum)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+BATCH = 128
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side: one case in this process.
+# --------------------------------------------------------------------------------------------
+
+
+def build_case(model: str, num_batches: int) -> tuple[Any, Any, str]:
+    """The network, an indexed dataset of ``num_batches * 128`` examples, and the data's origin."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+    n = num_batches * BATCH
+    if model in ("mlp", "cnn"):
+        if FASHION.exists():
+            import gzip
+
+            import numpy as np
+
+            with gzip.open(FASHION, "rb") as fh:
+                raw = np.frombuffer(fh.read(), dtype=np.uint8, offset=16)
+            x = torch.from_numpy(raw[: n * 784].astype("float32") / 255.0).reshape(n, 1, 28, 28)
+            origin = f"Fashion-MNIST (first {n} training images)"
+        else:
+            x = torch.rand(n, 1, 28, 28)
+            origin = "uniform noise 28x28 (Fashion-MNIST not installed)"
+        y = torch.randint(0, 10, (n,))
+        if model == "mlp":
+            net = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(784, 256),
+                nn.ReLU(),
+                nn.Linear(256, 256),
+                nn.ReLU(),
+                nn.Linear(256, 10),
+            )
+        else:
+            net = nn.Sequential(
+                nn.Conv2d(1, 16, 3, padding=1),
+                nn.GroupNorm(4, 16),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.GroupNorm(4, 32),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+                nn.Linear(32 * 7 * 7, 10),
+            )
+        return net, (x, y), origin
+
+    vocab, seq, dim, heads = 5000, 64, 64, 4
+
+    class SelfAttention(nn.Module):
+        """Multi-head self-attention with ``nn.Linear`` projections (ghost-norm covered)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.out = nn.Linear(dim, dim)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            b, t, _ = h.shape
+            q, k, v = self.qkv(h).view(b, t, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+            o = F.scaled_dot_product_attention(q, k, v)
+            return self.out(o.transpose(1, 2).reshape(b, t, dim))
+
+    class TextNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(vocab, dim, padding_idx=0)
+            self.attn = SelfAttention()
+            self.norm1 = nn.LayerNorm(dim)
+            self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+            self.norm2 = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            h = self.emb(ids)
+            h = self.norm1(h + self.attn(h))
+            h = self.norm2(h + self.ff(h))
+            return self.head(h.mean(1))
+
+    ids = torch.randint(1, vocab, (n, seq))
+    ids[:, -8:] = 0  # trailing padding
+    y = torch.randint(0, 2, (n,))
+    return TextNet(), (ids, y), f"random token ids (vocab {vocab}, length {seq})"
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def worker(
+    model: str, method: str, device: str, steps: int, warmup: int, threads: int = 0
+) -> dict[str, Any]:
+    """Fit ``model`` with ``method`` attached; return median step time (ms) and peak memory."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's package
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    import torch.nn.functional as F
+    from lightning.pytorch import Callback, LightningModule, Trainer
+    from opacus.grad_sample import GradSampleHooksFastGradientClipping as GhostHooks
+    from opacus.grad_sample import prepare_module
+    from torch.func import functional_call, grad, vmap
+    from torch.utils.data import DataLoader
+
+    stock = dict(GhostHooks.NORM_SAMPLERS)  # Opacus' own, before lightning_unlearn registers
+    import lightning_unlearn.grad_norms  # noqa: F401  (registers our samplers)
+    from lightning_unlearn.data import IndexedDataset
+    from lightning_unlearn.data.indexed import indexed_item_type
+
+    if method == "opacus-ghost":
+        GhostHooks.NORM_SAMPLERS.clear()
+        GhostHooks.NORM_SAMPLERS.update(stock)
+
+    num_batches = warmup + steps + 2
+    net, (x, y), origin = build_case(model, num_batches)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    class Batched(IndexedDataset):
+        """Fetches a whole batch with one gather (the per-item loop would dominate the MLP)."""
+
+        def __getitems__(self, indices: list[int]) -> Any:
+            idx = torch.as_tensor(indices)
+            return indexed_item_type(2)(x[idx], y[idx], idx)
+
+    loader = DataLoader(
+        Batched(torch.utils.data.TensorDataset(x, y)),
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=lambda b: b,
+    )
+
+    class Module(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            return self.net(inp)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            inp, target, _ = batch
+            return F.cross_entropy(self.net(inp), target)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.stamps: list[tuple[float, float]] = []
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, i: int) -> None:
+            sync()
+            self.stamps.append((time.perf_counter(), time.process_time()))
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            sync()
+            self.stamps.append((time.perf_counter(), time.process_time()))
+
+    class DirectOpacus(Callback):
+        """Opacus hooks attached to the module in place; norms formed every step, on device."""
+
+        def __init__(self, mode: str, reduction: str = "mean") -> None:
+            self.mode = mode
+            self.reduction = reduction
+            self.norms: torch.Tensor | None = None
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            self.hooks = prepare_module(
+                pl_module.net, self.mode, wrap_model=False, loss_reduction=self.reduction
+            )
+
+        def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+            if self.mode == "ghost":
+                self.norms = self.hooks.get_norm_sample()
+                if self.reduction == "sum":  # the loss was a mean: undo the 1/B exactly
+                    self.norms = self.norms * self.norms.new_tensor(float(BATCH))
+                return
+            sq = []
+            for p in pl_module.net.parameters():
+                sq.append(p.grad_sample.flatten(1).pow(2).sum(1))
+                p.grad_sample = None
+            self.norms = torch.stack(sq).sum(0).sqrt()
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            self.hooks.cleanup()
+
+    class VmapPass(Callback):
+        """An extra torch.func pass: per-example gradients by vmap(grad), then their norms."""
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, i: int) -> None:
+            self.batch = batch
+
+        def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+            params = {k: v.detach() for k, v in pl_module.net.named_parameters()}
+
+            def one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> Any:
+                out = functional_call(pl_module.net, p, (xi.unsqueeze(0),))
+                return F.cross_entropy(out, yi.unsqueeze(0))
+
+            grads = vmap(grad(one), in_dims=(None, 0, 0))(params, self.batch[0], self.batch[1])
+            self.norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()])
+            self.norms = self.norms.sum(0).sqrt()
+
+    callbacks: list[Any] = [StepTimer()]
+    if method.startswith("monitor-"):
+        from lightning_unlearn import PerInstancePrivacyMonitor
+
+        callbacks.append(
+            PerInstancePrivacyMonitor(noise_multiplier=1.0, grad_sample_mode=method.split("-")[1])
+        )
+    elif method in ("ghost-samplers", "opacus-ghost"):
+        callbacks.append(DirectOpacus("ghost"))
+    elif method == "ghost-sum":
+        callbacks.append(DirectOpacus("ghost", reduction="sum"))
+    elif method == "opacus-hooks":
+        callbacks.append(DirectOpacus("hooks"))
+    elif method == "vmap":
+        callbacks.append(VmapPass())
+    elif method != "plain":
+        raise ValueError(f"Expected a method in {METHODS}, but got {method!r}.")
+
+    module = Module().to(dev)
+    trainer = Trainer(
+        accelerator="cuda" if dev.type == "cuda" else "cpu",
+        devices=1,
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kib("VmRSS") * 1024
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset VmHWM to the current RSS
+        except OSError:
+            pass
+    trainer.fit(module, train_dataloaders=loader)
+    sync()
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+        mem_how = "torch.cuda.max_memory_allocated increase during fit"
+    else:
+        peak = _rss_kib("VmHWM") * 1024 - base
+        mem_how = "peak RSS increase during fit (VmHWM after clear_refs)"
+    stamps = callbacks[0].stamps
+    intervals = [b[0] - a[0] for a, b in itertools.pairwise(stamps)][warmup:]
+    cpu = [b[1] - a[1] for a, b in itertools.pairwise(stamps)][warmup:]
+    return {
+        "model": model,
+        "method": method,
+        "ms": statistics.median(intervals) * 1e3,
+        "cpu_ms": statistics.median(cpu) * 1e3,
+        "ms_min": min(intervals) * 1e3,
+        "steps_timed": len(intervals),
+        "peak_mb": peak / 2**20,
+        "mem_how": mem_how,
+        "data": origin,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def ledger_worker(
+    device: str, num_samples: int, ids_per_step: int, threads: int = 0
+) -> dict[str, Any]:
+    """Median time of ``PrivacyLedger.update`` (and of ``per_step_rdp``) for one step."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import torch
+
+    from lightning_unlearn.accounting import DEFAULT_ALPHAS, PrivacyLedger, per_step_rdp
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    ledger = PrivacyLedger(num_samples, DEFAULT_ALPHAS, device=dev)
+    gen = torch.Generator().manual_seed(0)
+    times_update, times_rdp, cpu_update = [], [], []
+    for i in range(60):
+        ids = torch.randint(0, num_samples, (ids_per_step,), generator=gen).to(dev)
+        norms = torch.rand(ids_per_step, generator=gen).to(dev)
+        sync()
+        t0 = time.perf_counter()
+        rdp = per_step_rdp(norms, 0.001, DEFAULT_ALPHAS)
+        sync()
+        t1, c1 = time.perf_counter(), time.process_time()
+        ledger.update(ids, rdp, norms)
+        sync()
+        t2, c2 = time.perf_counter(), time.process_time()
+        if i >= 10:
+            times_rdp.append(t1 - t0)
+            times_update.append(t2 - t1)
+            cpu_update.append(c2 - c1)
+    return {
+        "update_ms": statistics.median(times_update) * 1e3,
+        "update_cpu_ms": statistics.median(cpu_update) * 1e3,
+        "per_step_rdp_ms": statistics.median(times_rdp) * 1e3,
+        "num_samples": num_samples,
+        "orders": len(DEFAULT_ALPHAS),
+        "ids_per_step": ids_per_step,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side.
+# --------------------------------------------------------------------------------------------
+
+
+def machine_string(device: str) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import torch
+
+    desc = (
+        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+    if device == "cuda" and torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def run_sub(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"case {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def profile_case(spec: str, device: str, steps: int) -> None:
+    """Print torch.profiler's top CPU ops for ``model:method`` (a few steps, this process)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, method = spec.split(":")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        worker(model, method, device, steps, 3)
+    key = "cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=18))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS + EXTRA_METHODS
+    )
+    parser.add_argument("--steps", type=int, default=30, help="timed steps after warm-up (>= 30)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/bench_step.json")
+    parser.add_argument("--no-malloc-env", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per case (0: torch's default)"
+    )
+    parser.add_argument("--profile", metavar="MODEL:METHOD", help="profile one case and exit")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--ledger-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.device, args.steps, args.warmup, args.threads)))
+        return
+    if args.ledger_worker:
+        print(json.dumps(ledger_worker(args.device, 1_000_000, 1024, args.threads)))
+        return
+    if args.profile:
+        profile_case(args.profile, args.device, args.steps)
+        return
+
+    env = dict(os.environ)
+    if not args.no_malloc_env:
+        env.update(MALLOC_ENV)
+    common = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    common += ["--threads", str(args.threads)]
+    load_start = os.getloadavg()
+    t_start = time.time()
+    results: list[dict[str, Any]] = []
+    for model in args.models:
+        for method in args.methods:
+            try:
+                res = run_sub(["--worker", model, method, *common], env)
+            except RuntimeError as err:
+                print(f"{model:5s} {method:18s} FAILED: {str(err).splitlines()[-1]}", flush=True)
+                continue
+            results.append(res)
+            line = f"{model:5s} {method:18s} {res['ms']:9.2f} ms  {res['cpu_ms']:9.2f} cpu-ms"
+            print(f"{line}  {res['peak_mb']:8.1f} MB", flush=True)
+    ledger = run_sub(
+        ["--ledger-worker", "--device", args.device, "--threads", str(args.threads)], env
+    )
+
+    base = {r["model"]: r for r in results if r["method"] == "plain"}
+    for r in results:
+        b = base.get(r["model"])
+        r["ratio_time"] = r["ms"] / b["ms"] if b else float("nan")
+        r["ratio_cpu"] = r["cpu_ms"] / b["cpu_ms"] if b else float("nan")
+        r["ratio_mem"] = r["peak_mb"] / b["peak_mb"] if b and b["peak_mb"] > 0 else float("nan")
+    if "cnn" in base:
+        ledger["fraction_of_cnn_step"] = ledger["update_ms"] / base["cnn"]["ms"]
+        ledger["fraction_of_cnn_step_cpu"] = ledger["update_cpu_ms"] / base["cnn"]["cpu_ms"]
+        ledger["rdp_fraction_of_cnn_step"] = ledger["per_step_rdp_ms"] / base["cnn"]["ms"]
+
+    print(f"\nratios to plain: wall time / CPU time / peak memory (median of {args.steps} steps)")
+    print(f"{'method':18s}" + "".join(f"{m:>24s}" for m in args.models))
+    for method in args.methods:
+        cells = []
+        for model in args.models:
+            r = next((r for r in results if r["model"] == model and r["method"] == method), None)
+            cells.append(
+                f"{r['ratio_time']:.2f} / {r['ratio_cpu']:.2f} / {r['ratio_mem']:.2f}"
+                if r
+                else "failed"
+            )
+        print(f"{method:18s}" + "".join(f"{c:>24s}" for c in cells))
+    print(
+        "\nplain step, wall ms (CPU ms): "
+        + ", ".join(
+            f"{m} {base[m]['ms']:.2f} ({base[m]['cpu_ms']:.2f})" for m in args.models if m in base
+        )
+    )
+    if "cnn" in base:
+        print(
+            f"ledger update (N=1e6, K=8, 1024 ids): {ledger['update_ms']:.3f} ms = "
+            f"{100 * ledger['fraction_of_cnn_step']:.2f}% of the plain CNN step (CPU time: "
+            f"{100 * ledger['fraction_of_cnn_step_cpu']:.2f}%); per_step_rdp for the same ids: "
+            f"{100 * ledger['rdp_fraction_of_cnn_step']:.2f}%"
+        )
+    out = {
+        "cases": [
+            {k: r[k] for k in ("model", "method", "ms", "ratio_time", "ratio_mem")}
+            | {k: r[k] for k in ("cpu_ms", "ratio_cpu", "ms_min", "peak_mb", "steps_timed")}
+            for r in results
+        ],
+        "machine": machine_string(args.device),
+        "device": args.device,
+        "memory": results[0]["mem_how"] if results else "",
+        "data": {r["model"]: r["data"] for r in results},
+        "malloc_env": {} if args.no_malloc_env else MALLOC_ENV,
+        "ledger": ledger,
+        "load_avg_start": load_start,
+        "load_avg_end": os.getloadavg(),
+        "threads": results[0]["threads"] if results else None,
+        "wall_s": time.time() - t_start,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"load average {load_start} -> {out['load_avg_end']}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
