@@ -55,6 +55,7 @@ _MARKER = "_lightning_unlearn_norm_hooks"
 # Attributes Opacus' hooks leave on parameters and modules during a step.
 _PARAM_ATTRS = ("_norm_sample", "_current_grad_sample")
 _MODULE_ATTRS = ("activations", "max_batch_len")
+_FULL_HOOK_WARNING = "Full backward hook is firing when gradients are computed"
 
 
 def find_unsupported_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -266,8 +267,10 @@ def attach_norm_hooks(
     """Attach per-sample gradient-norm hooks to ``module`` in place (no wrapping).
 
     Module identity, class and ``state_dict`` keys are unchanged and ``p.grad`` is unaffected.
-    Remove the hooks with :meth:`NormHooks.detach`. Hooks attached after ``torch.compile`` are
-    ignored by the compiled graph: attach to the eager module.
+    torch's one-time "Full backward hook is firing ..." warning, which these hooks trigger
+    harmlessly on the first layer, is filtered (that message only). Remove the hooks with
+    :meth:`NormHooks.detach`. Hooks attached after ``torch.compile`` are ignored by the compiled
+    graph: attach to the eager module.
 
     Args:
         module: the module (e.g. a ``LightningModule``) whose parameters' per-sample gradient
@@ -343,6 +346,9 @@ def attach_norm_hooks(
             stacklevel=2,
         )
 
+    # torch warns once that a full backward hook fires on a layer whose inputs need no gradient
+    # (the first layer): expected for these hooks and harmless, so it is silenced (only it).
+    warnings.filterwarnings("ignore", message=_FULL_HOOK_WARNING, category=UserWarning)
     excluded_ids = {id(p) for _, m in unsupported for p in m.parameters(recurse=False)}
     excluded_names = [n for n, p in module.named_parameters() if id(p) in excluded_ids]
     if mode == "ghost":
