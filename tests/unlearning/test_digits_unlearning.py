@@ -17,7 +17,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import roc_auc_score
 
-from lightning_unlearn import PerInstancePrivacyMonitor
 from lightning_unlearn.accounting import UnlearningConstants, fit_step_model
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.evaluation.functional import per_example_losses
@@ -27,7 +26,7 @@ from lightning_unlearn.unlearning import (
     UnlearningResult,
     compute_budget,
 )
-from tests.unlearning._digits import DigitsMLP, digits_data, quiet_trainer
+from tests.unlearning._digits import DigitsMLP, quiet_trainer
 
 ORDER = 8  # P at order 4 * alpha with alpha = 2
 # steps_per_nat = alpha * c_lsi / (sigma^2 * lr) = 20: budgets of a few hundred steps here.
@@ -36,19 +35,6 @@ CONSTANTS = UnlearningConstants(
 )
 FINETUNE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-3}
 SGLD_KW = {"lr": 0.3, "noise_multiplier": 0.005, "weight_decay": 5e-3}
-
-
-@pytest.fixture(scope="module")
-def trained() -> dict[str, Any]:
-    pl.seed_everything(0, verbose=False)
-    train, heldout, forget_ids = digits_data()
-    dm = ForgetRetainDataModule(train, forget_ids, heldout=heldout, batch_size=128)
-    model = DigitsMLP(weight_decay=5e-4)
-    monitor = PerInstancePrivacyMonitor(noise_multiplier=1.0)
-    quiet_trainer(max_epochs=60, callbacks=[monitor]).fit(
-        model, train_dataloaders=dm.full_train_dataloader()
-    )
-    return {"dm": dm, "model": model, "ledger": monitor.ledger, "forget_ids": forget_ids}
 
 
 class _ForgetLossRecorder(Callback):
