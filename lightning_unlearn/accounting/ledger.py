@@ -244,7 +244,7 @@ class PrivacyLedger:
             "num_samples": self.num_samples,
             "alphas": list(self.alphas),
             "convention": self.convention,
-            "metadata": json.loads(json.dumps(self.metadata)),
+            "metadata": _json_roundtrip(self.metadata),
         }
         for name, _, _ in _TENSORS:
             state[name] = getattr(self, name).detach().to("cpu", copy=True)

@@ -90,7 +90,10 @@ def test_shapes_chunking_and_special_cases() -> None:
     assert per_step_rdp(r.float(), 0.1, (2,)).dtype == torch.float64
     assert per_step_rdp(r, 0.0, (2, 3)).abs().sum() == 0
     assert per_step_rdp(torch.empty(0), 0.5, (2, 3)).shape == (0, 2)
-    assert torch.isinf(per_step_rdp(torch.tensor([math.inf]), 0.5, (2,))).all()
+    special = per_step_rdp(torch.tensor([math.inf, math.nan, 0.0]), 0.5, DEFAULT_ALPHAS)
+    assert torch.isinf(special[0]).all()
+    assert torch.isnan(special[1]).all()
+    assert bool((special[2] == 0).all())
     # unsorted and duplicated orders are normalised; columns follow sorted order
     torch.testing.assert_close(per_step_rdp(r[0], 0.1, (4, 2, 4)), per_step_rdp(r[0], 0.1, (2, 4)))
 
