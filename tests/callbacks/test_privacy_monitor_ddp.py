@@ -74,3 +74,32 @@ def test_ddp_spawn_counts_norms_and_full_ledger_on_every_rank(tmp_path) -> None:
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     state = ckpt["callbacks"]["PerInstancePrivacyMonitor"]["ledger"]
     assert state["counts"].tolist() == trained.tolist()
+
+
+@pytest.mark.ddp
+def test_ddp_spawn_sweep_splits_tracked_ids_across_ranks(tmp_path) -> None:
+    tracked = [0, 5, 6, 19, 33, 40]  # 6 optimizer steps per epoch on each rank (21 ids, batch 4)
+    monitor = PerInstancePrivacyMonitor(
+        estimator="sweep", sweep_every=3, track_ids=tracked, save_dir=tmp_path
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        callbacks=[monitor],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(LitClassifier("mlp"), DataLoader(digits_dataset("mlp", N), batch_size=B))
+    ledger = PrivacyLedger.load(tmp_path / "privacy_ledger.pt")
+    assert ledger.metadata["steps"] == 6
+    x, y = digits_inputs("mlp", N)
+    norms = loop_sq_norms(build_net("mlp"), x, y).sqrt()
+    expected = torch.zeros(N, len(DEFAULT_ALPHAS), dtype=torch.float64)
+    q = 2 * B / N
+    expected[tracked] = 6 * opacus_rdp(norms[tracked], 1.0, q, DEFAULT_ALPHAS)  # sweeps at 3, 6
+    torch.testing.assert_close(ledger.privacy, expected, rtol=1e-5, atol=1e-12)
+    assert int(ledger.counts.sum()) == N + 1  # training observations, one padded repeat
