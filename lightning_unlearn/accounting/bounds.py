@@ -99,6 +99,35 @@ class UnlearningConstants:
         r"""``alpha C_LSI / (sigma^2 eta)``: steps per unit of ``log`` divergence (slope ``a``)."""
         return self.alpha * self.c_lsi / (self.noise_multiplier**2 * self.lr)
 
+    def step_model(self) -> StepModel:
+        r"""The bound as an affine model ``k = a log P + b`` (exact when ``d0 = 0``).
+
+        .. math::
+
+            a = \frac{\alpha C_{LSI}}{\sigma^2 \eta}, \qquad
+            b = a \log \frac{c_\alpha c_{2\alpha}}{\varepsilon - D_{irr}}
+
+        ``StepModel.predict(P, rounding="ceil")`` then equals ``unlearning_steps(P, self)``.
+
+        Raises:
+            ValueError: If ``d0 != 0`` (the bound is then not affine in ``log P``).
+
+        Example:
+            >>> c = UnlearningConstants(alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.1,
+            ...                         target_epsilon=1.0)
+            >>> m = c.step_model()
+            >>> round(m.a, 6), round(m.b, 4)
+            (20.0, 11.1923)
+        """
+        if self.d0 != 0:
+            raise ValueError(
+                f"Expected `d0` = 0 for an affine step model, but got {self.d0!r}; use "
+                f"`unlearning_steps` directly, which handles D0 > 0."
+            )
+        a = self.steps_per_nat
+        ratio = _c(self.alpha) * _c(2 * self.alpha) / (self.target_epsilon - self.d_irr)
+        return StepModel(a=a, b=a * math.log(ratio))
+
 
 def unlearning_steps(privacy_loss_4alpha: Tensor | float, constants: UnlearningConstants) -> Tensor:
     r"""Unlearning steps for a target divergence, by the derived bound of THEORY §5.

@@ -136,3 +136,16 @@ def test_forget_set_aggregate_and_ledger_order() -> None:
         forget_set_privacy_loss(p8, torch.tensor([], dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
         forget_set_privacy_loss(p8, ids, "median")  # type: ignore[arg-type]
+
+
+def test_step_model_from_constants_matches_the_bound() -> None:
+    c = _constants(d0=0.0, d_irr=0.05, target_epsilon=0.3)
+    model = c.step_model()
+    p = torch.logspace(-4, 6, 200, dtype=torch.float64)
+    assert torch.equal(model.predict(p, rounding="ceil"), unlearning_steps(p, c))
+    # fitting the bound's own (unrounded) values recovers the same line
+    fitted = fit_step_model(p, model.predict_float(p))
+    assert fitted.a == pytest.approx(model.a, rel=1e-9)
+    assert fitted.b == pytest.approx(model.b, rel=1e-9)
+    with pytest.raises(ValueError, match="`d0`"):
+        _constants(d0=0.5).step_model()
