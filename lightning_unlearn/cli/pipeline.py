@@ -187,8 +187,18 @@ class OracleMatchStopping(LossCalibratedStopping):
     steps-to-unlearn without running past the step where the oracle's level is reached.
     """
 
-    def __init__(self, oracle_forget_loss: float, tau: float, check_every_n_steps: int) -> None:
-        super().__init__(check_every_n_steps=check_every_n_steps, tolerance=tau)
+    def __init__(
+        self,
+        oracle_forget_loss: float,
+        tau: float,
+        check_every_n_steps: int,
+        heldout_dataloader: Any = None,
+    ) -> None:
+        super().__init__(
+            check_every_n_steps=check_every_n_steps,
+            tolerance=tau,
+            heldout_dataloader=heldout_dataloader,
+        )
         self.oracle_forget_loss = float(oracle_forget_loss)
 
     @override
