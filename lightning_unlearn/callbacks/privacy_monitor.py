@@ -207,6 +207,7 @@ class PerInstancePrivacyMonitor(Callback):
         self._q = 1.0
         self._global_batch = 1
         self._accum = 1
+        self._world_size = 1
         self._steps = 0
         self._last_sweep = 0
         self._worst_rdp: Tensor | None = None
@@ -268,6 +269,7 @@ class PerInstancePrivacyMonitor(Callback):
         self._data = data
         accum = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
         self._accum = accum
+        self._world_size = trainer.world_size
         local_batch = data.batch_size if data is not None else None
         if self.sample_rate is None and local_batch is None:
             raise ValueError(
@@ -360,8 +362,9 @@ class PerInstancePrivacyMonitor(Callback):
         self._record(trainer, ids, norms)
 
     def _check_step_norms(self, norms: Tensor, ids: Tensor) -> None:
-        """NaN/inf norms: raise at once on the CPU (free there); on an accelerator set a device
-        flag that is checked at the end of the epoch, so the step never waits for the device."""
+        """NaN/inf norms: raise at once on a single CPU process (free there); otherwise set a
+        device flag checked at the end of the epoch, so the step never waits for the device and
+        all DDP ranks raise together (one rank raising alone would leave the others hanging)."""
         if ids.shape[0] != norms.shape[0]:
             raise ValueError(
                 f"Expected one gradient norm per sample id, but got {norms.shape[0]} norms for "
@@ -369,7 +372,7 @@ class PerInstancePrivacyMonitor(Callback):
                 "that carries the ids; use `sample_id_fn` for custom batches."
             )
         finite = torch.isfinite(norms)
-        if norms.device.type == "cpu":
+        if norms.device.type == "cpu" and self._world_size == 1:
             if not bool(finite.all()):
                 self._raise_nonfinite(ids[~finite.to(ids.device)])
         elif self._nonfinite is not None:

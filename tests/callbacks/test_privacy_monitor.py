@@ -180,3 +180,30 @@ def test_online_track_ids_and_sample_rate() -> None:
     assert privacy[3:].abs().sum() == 0
     assert monitor.ledger.counts.tolist() == [1] * N
     assert monitor.ledger.metadata["sample_rate"] == 0.5
+
+
+def test_sgld_convention_uses_the_optimizer_lr_and_global_batch() -> None:
+    """r = sqrt(lr / 2) * ||g|| / (B * sigma); lr tiny so the weights (and norms) stay put."""
+    lr, sigma = 1e-10, 1e-6
+    model = LitClassifier("mlp", lr=lr)
+    monitor = _fit(model, PerInstancePrivacyMonitor(noise_multiplier=sigma, convention="sgld"))
+    norms = _initial_reference("mlp", N).sqrt()
+    q = B / N
+    # r = norm * sqrt(lr/2) / (B sigma): an Opacus noise multiplier of B sigma sqrt(2/lr) / norm
+    effective_sigma = B * sigma * (2 / lr) ** 0.5
+    expected = (1 / q) * _opacus_rdp(norms, effective_sigma, q)
+    torch.testing.assert_close(monitor.ledger.privacy, expected, rtol=1e-5, atol=0)
+
+
+def test_checkpoint_without_monitor_state_warns(tmp_path) -> None:
+    trainer = make_trainer(enable_checkpointing=False)
+    trainer.fit(LitClassifier("mlp"), loader(digits_dataset("mlp", 12), 4))
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    monitor = PerInstancePrivacyMonitor()
+    with pytest.warns(UserWarning, match="starts from zero"):
+        make_trainer(callbacks=[monitor], max_epochs=2).fit(
+            LitClassifier("mlp"),
+            loader(digits_dataset("mlp", 12), 4),
+            ckpt_path=tmp_path / "plain.ckpt",
+        )
+    assert monitor.ledger.counts.tolist() == [1] * 12  # only the resumed epoch
