@@ -21,13 +21,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_unlearn.accounting import PrivacyLedger, rdp_to_epsilon
+from lightning_unlearn.accounting import NoiseConfig, PrivacyLedger, per_step_rdp, rdp_to_epsilon
+from lightning_unlearn.errors import NonFiniteGradientError
 
 __all__ = [
+    "RunPlan",
     "TrainData",
+    "WorstCaseAccountant",
     "dataset_fingerprint",
     "epoch_metrics",
     "find_train_data",
+    "nonfinite_error",
+    "plan_run",
     "reduce_ledger_into",
     "silenced_logging",
     "write_histograms",
@@ -182,3 +187,92 @@ def silenced_logging(pl_module: pl.LightningModule) -> Iterator[None]:
     finally:
         del pl_module.log
         del pl_module.log_dict
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Sizes and rates of one ``fit`` (THEORY §1: the global batch and q)."""
+
+    data: TrainData | None
+    num_samples: int
+    accumulate: int
+    global_batch: int
+    sample_rate: float
+
+
+def plan_run(
+    trainer: pl.Trainer,
+    automatic_optimization: bool,
+    num_samples: int | None,
+    sample_rate: float | None,
+) -> RunPlan:
+    """N, the global batch (per-rank batch x world size x accumulation) and ``q``.
+
+    Raises:
+        ValueError: when N or the batch size cannot be inferred and was not given.
+    """
+    data = find_train_data(trainer)
+    n = num_samples or (data.num_samples if data is not None else None)
+    if n is None:
+        raise ValueError(
+            "Expected a single map-style training DataLoader to infer the data set size, but "
+            "got another kind of training data; pass `num_samples=` (and `sample_rate=`)."
+        )
+    accum = trainer.accumulate_grad_batches if automatic_optimization else 1
+    local_batch = data.batch_size if data is not None else None
+    if local_batch is None:
+        if sample_rate is None:
+            raise ValueError(
+                "Expected a DataLoader with a `batch_size` to infer `sample_rate`, but it has "
+                "none; pass `sample_rate=` to the monitor."
+            )
+        global_batch = max(1, round(sample_rate * n))
+    else:
+        global_batch = local_batch * trainer.world_size * accum
+    q = sample_rate if sample_rate is not None else min(1.0, global_batch / n)
+    return RunPlan(data, n, accum, global_batch, q)
+
+
+class WorstCaseAccountant:
+    """Data-independent RDP of the run: every step at the clip norm (THEORY §4).
+
+    With clipping, ``r`` of the convention at ``||g|| = C`` bounds every example's ratio (for
+    "dpsgd" and "nominal" it is ``1 / sigma``, Opacus' accountant); per-step values are cached
+    while the learning rate and batch do not change.
+    """
+
+    def __init__(self, noise: NoiseConfig, alphas: tuple[int, ...]) -> None:
+        self.noise, self.alphas = noise, alphas
+        self.rdp: Tensor | None = None
+        self._cache: tuple[tuple[float, int, float], Tensor] | None = None
+
+    def step(self, lr: float, global_batch: int, sample_rate: float) -> None:
+        """Add one optimizer step (no-op without clipping: there is no worst case)."""
+        clip = self.noise.max_grad_norm
+        if clip is None:
+            return
+        key = (lr, global_batch, sample_rate)
+        if self._cache is None or self._cache[0] != key:
+            norm = torch.tensor([clip], dtype=torch.float64)
+            ratio = self.noise.ratios(norm, lr=lr, batch_size=global_batch)
+            self._cache = (key, per_step_rdp(ratio, sample_rate, self.alphas)[0])
+        step_rdp = self._cache[1]
+        self.rdp = step_rdp.clone() if self.rdp is None else self.rdp + step_rdp
+
+    def epsilon(self, delta: float) -> float | None:
+        """Worst-case epsilon at ``delta``, or None without clipping."""
+        if self.rdp is None:
+            return None
+        eps, _ = rdp_to_epsilon(self.rdp, self.alphas, delta)
+        return float(eps)
+
+
+def nonfinite_error(bad_ids: Tensor | None) -> NonFiniteGradientError:
+    """The error for NaN/inf per-sample norms, naming the ids when known."""
+    which = "" if bad_ids is None else f" for sample ids {bad_ids[:10].tolist()}"
+    return NonFiniteGradientError(
+        f"Expected finite per-sample gradient norms, but got NaN or inf{which}. The loss or "
+        "the gradients overflowed or are undefined: lower the learning rate, check the "
+        "inputs and the loss for NaN, or use `precision='16-mixed'` with a GradScaler "
+        "(whose overflow steps the monitor skips)."
+    )

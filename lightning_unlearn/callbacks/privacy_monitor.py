@@ -26,7 +26,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -44,34 +44,27 @@ from lightning_unlearn.accounting import (
     per_step_rdp,
     validate_alphas,
 )
+from lightning_unlearn.callbacks._monitor_config import (
+    MONITOR_STATE_VERSION,
+    Estimator,
+    check_arguments,
+    check_resume,
+    check_state_version,
+)
 from lightning_unlearn.callbacks._monitor_sweep import run_sweep
 from lightning_unlearn.callbacks._monitor_utils import (
+    WorstCaseAccountant,
     dataset_fingerprint,
     epoch_metrics,
-    find_train_data,
+    nonfinite_error,
+    plan_run,
     reduce_ledger_into,
     write_histograms,
 )
 from lightning_unlearn.data import get_sample_ids
-from lightning_unlearn.errors import (
-    LedgerMismatchError,
-    NonFiniteGradientError,
-)
 from lightning_unlearn.grad_norms import GradSampleMode, LossReduction, NormHooks, attach_norm_hooks
 
 __all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]
-
-MONITOR_STATE_VERSION = 1
-Estimator = Literal["online", "sweep"]
-# Configuration that must match when a saved monitor state is resumed.
-_RESUME_KEYS = (
-    "dataset_fingerprint",
-    "noise_multiplier",
-    "max_grad_norm",
-    "estimator",
-    "sample_rate",
-    "loss_reduction",
-)
 
 
 class PerInstancePrivacyMonitor(Callback):
@@ -156,32 +149,15 @@ class PerInstancePrivacyMonitor(Callback):
     ) -> None:
         self.noise = NoiseConfig(convention, float(noise_multiplier), max_grad_norm)
         self.alphas = validate_alphas(alphas)
-        if sample_rate is not None and not 0.0 < float(sample_rate) <= 1.0:
-            raise ValueError(f"Expected `sample_rate` in (0, 1], but got {sample_rate!r}.")
-        if estimator not in get_args(Estimator):
-            raise ValueError(
-                f"Expected `estimator` to be one of {get_args(Estimator)}, but got {estimator!r}."
-            )
-        if isinstance(sweep_every, bool) or not isinstance(sweep_every, int) or sweep_every < 1:
-            raise ValueError(
-                f"Expected `sweep_every` to be an integer >= 1, but got {sweep_every!r}."
-            )
-        if grad_sample_mode not in get_args(GradSampleMode):
-            raise ValueError(
-                f"Expected `grad_sample_mode` to be one of {get_args(GradSampleMode)}, but got "
-                f"{grad_sample_mode!r}."
-            )
-        if loss_reduction not in get_args(LossReduction):
-            raise ValueError(
-                f"Expected `loss_reduction` to be one of {get_args(LossReduction)}, but got "
-                f"{loss_reduction!r}."
-            )
-        if not 0.0 < float(delta) < 1.0:
-            raise ValueError(f"Expected `delta` in (0, 1), but got {delta!r}.")
-        if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
-            raise ValueError(
-                f"Expected `num_samples` to be an integer >= 1, but got {num_samples!r}."
-            )
+        check_arguments(
+            sample_rate=sample_rate,
+            estimator=estimator,
+            sweep_every=sweep_every,
+            grad_sample_mode=grad_sample_mode,
+            loss_reduction=loss_reduction,
+            delta=delta,
+            num_samples=num_samples,
+        )
         self.sample_rate = None if sample_rate is None else float(sample_rate)
         self.estimator: Estimator = estimator
         self.sweep_every = sweep_every
@@ -210,8 +186,7 @@ class PerInstancePrivacyMonitor(Callback):
         self._world_size = 1
         self._steps = 0
         self._last_sweep = 0
-        self._worst_rdp: Tensor | None = None
-        self._worst_cache: tuple[tuple[float, int], Tensor] | None = None
+        self._worst = WorstCaseAccountant(self.noise, self.alphas)
         self._first_batch = True
 
     # ------------------------------------------------------------------ public
@@ -240,12 +215,7 @@ class PerInstancePrivacyMonitor(Callback):
     def worst_case_epsilon(self) -> float | None:
         """Data-independent epsilon at ``delta`` of the steps so far (THEORY §4), or None
         without clipping. With clipping every per-instance epsilon is at most this value."""
-        if self._worst_rdp is None:
-            return None
-        from lightning_unlearn.accounting import rdp_to_epsilon
-
-        eps, _ = rdp_to_epsilon(self._worst_rdp, self.alphas, self.delta)
-        return float(eps)
+        return self._worst.epsilon(self.delta)
 
     # ------------------------------------------------------------------ lifecycle
     @override
@@ -259,33 +229,22 @@ class PerInstancePrivacyMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        data = find_train_data(trainer)
-        n = self.num_samples or (data.num_samples if data is not None else None)
-        if n is None:
-            raise ValueError(
-                "Expected a single map-style training DataLoader to infer the data set size, but "
-                "got another kind of training data; pass `num_samples=` (and `sample_rate=`)."
-            )
-        self._data = data
-        accum = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
-        self._accum = accum
+        plan = plan_run(
+            trainer, pl_module.automatic_optimization, self.num_samples, self.sample_rate
+        )
+        n = plan.num_samples
+        self._data = plan.data
+        self._accum, self._global_batch, self._q = (
+            plan.accumulate,
+            plan.global_batch,
+            plan.sample_rate,
+        )
         self._world_size = trainer.world_size
-        local_batch = data.batch_size if data is not None else None
-        if self.sample_rate is None and local_batch is None:
-            raise ValueError(
-                "Expected a DataLoader with a `batch_size` to infer `sample_rate`, but it has "
-                "none; pass `sample_rate=` to the monitor."
-            )
-        if local_batch is not None:
-            self._global_batch = local_batch * trainer.world_size * accum
-        self._q = self.sample_rate or min(1.0, self._global_batch / n)
-        if self.sample_rate is not None and local_batch is None:
-            self._global_batch = max(1, round(self._q * n))
         device = pl_module.device
         metadata = {
             "num_samples": n,
             "dataset_fingerprint": (
-                dataset_fingerprint(data.dataset, n) if data is not None else None
+                dataset_fingerprint(plan.data.dataset, n) if plan.data is not None else None
             ),
             "noise_multiplier": self.noise.noise_multiplier,
             "max_grad_norm": self.noise.max_grad_norm,
@@ -374,7 +333,7 @@ class PerInstancePrivacyMonitor(Callback):
         finite = torch.isfinite(norms)
         if norms.device.type == "cpu" and self._world_size == 1:
             if not bool(finite.all()):
-                self._raise_nonfinite(ids[~finite.to(ids.device)])
+                raise nonfinite_error(ids[~finite.to(ids.device)])
         elif self._nonfinite is not None:
             self._nonfinite |= ~finite.all()
 
@@ -406,20 +365,8 @@ class PerInstancePrivacyMonitor(Callback):
         if trainer.optimizers and optimizer is not trainer.optimizers[0]:
             return
         self._steps += 1
-        clip = self.noise.max_grad_norm
-        if clip is None:
-            return
         lr = float(optimizer.param_groups[0]["lr"])
-        key = (lr, self._global_batch)
-        if self._worst_cache is None or self._worst_cache[0] != key:
-            worst_ratio = self.noise.ratios(
-                torch.tensor([clip], dtype=torch.float64), lr=lr, batch_size=self._global_batch
-            )
-            self._worst_cache = (key, per_step_rdp(worst_ratio, self._q, self.alphas)[0])
-        step_rdp = self._worst_cache[1]
-        self._worst_rdp = (
-            step_rdp.clone() if self._worst_rdp is None else self._worst_rdp + step_rdp
-        )
+        self._worst.step(lr, self._global_batch, self._q)
 
     @override
     def on_train_batch_end(
@@ -476,16 +423,7 @@ class PerInstancePrivacyMonitor(Callback):
         if trainer.world_size > 1:
             flag = trainer.strategy.reduce(flag.int(), reduce_op="max")
         if bool(flag):
-            self._raise_nonfinite(None)
-
-    def _raise_nonfinite(self, bad_ids: Tensor | None) -> None:
-        which = "" if bad_ids is None else f" for sample ids {bad_ids[:10].tolist()}"
-        raise NonFiniteGradientError(
-            f"Expected finite per-sample gradient norms, but got NaN or inf{which}. The loss or "
-            "the gradients overflowed or are undefined: lower the learning rate, check the "
-            "inputs and the loss for NaN, or use `precision='16-mixed'` with a GradScaler "
-            "(whose overflow steps the monitor skips)."
-        )
+            raise nonfinite_error(None)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -501,7 +439,7 @@ class PerInstancePrivacyMonitor(Callback):
         if not trainer.is_global_zero or not trainer.loggers:
             return
         mask = self._report_mask()
-        metrics = epoch_metrics(self.ledger, mask, self.delta, self._worst_rdp)
+        metrics = epoch_metrics(self.ledger, mask, self.delta, self._worst.rdp)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.log_histograms:
@@ -573,19 +511,13 @@ class PerInstancePrivacyMonitor(Callback):
             "ledger": None if self._ledger is None else self._ledger.state_dict(),
             "steps": self._steps,
             "last_sweep": self._last_sweep,
-            "worst_case_rdp": None if self._worst_rdp is None else self._worst_rdp.cpu().clone(),
+            "worst_case_rdp": None if self._worst.rdp is None else self._worst.rdp.cpu().clone(),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied when the ledger is built (on_train_start), STYLE §5.
-        if not isinstance(state_dict, dict) or state_dict.get("version") != MONITOR_STATE_VERSION:
-            got = state_dict.get("version") if isinstance(state_dict, dict) else state_dict
-            raise LedgerMismatchError(
-                f"Expected a {type(self).__name__} state of version {MONITOR_STATE_VERSION}, but "
-                f"got version {got!r}. Resume with the lightning_unlearn version that wrote the "
-                "checkpoint, or use another `state_key` to start a fresh ledger."
-            )
+        check_state_version(state_dict, type(self).__name__)
         self._loaded_state = state_dict
 
     def _apply_state(self, state: dict[str, Any]) -> None:
@@ -598,20 +530,7 @@ class PerInstancePrivacyMonitor(Callback):
         self._steps = int(state["steps"])
         self._last_sweep = int(state["last_sweep"])
         worst = state["worst_case_rdp"]
-        self._worst_rdp = None if worst is None else worst.to(torch.float64).clone()
+        self._worst.rdp = None if worst is None else worst.to(torch.float64).clone()
 
     def _check_resume(self, saved: dict[str, Any], what: str) -> None:
-        mine = self.ledger.metadata
-        if saved.get("num_samples", mine["num_samples"]) != mine["num_samples"]:
-            raise LedgerMismatchError(
-                f"{what} has num_samples={saved['num_samples']}, but the training data has "
-                f"{mine['num_samples']} examples: it belongs to another data set. Resume with the "
-                "same data, or start a fresh ledger (another `state_key`, or a new monitor)."
-            )
-        for key in _RESUME_KEYS:
-            if key in saved and saved[key] != mine[key]:
-                raise LedgerMismatchError(
-                    f"{what} has {key}={saved[key]!r}, but this run has {key}={mine[key]!r}; "
-                    "losses of different runs cannot be added. Resume with the same data and "
-                    "monitor settings, or start a fresh ledger (another `state_key`)."
-                )
+        check_resume(saved, self.ledger.metadata, what)
