@@ -25,11 +25,11 @@ __all__ = ["DEFAULT_ALPHAS", "per_step_rdp", "validate_alphas"]
 DEFAULT_ALPHAS: tuple[int, ...] = (2, 3, 4, 6, 8, 16, 32, 64)
 """Default Rényi orders: integers from 2 to 64, denser where conversions usually land."""
 
-# Orders above this make the [N, sum(alpha - 1)] table needlessly large; nothing in the
+# Orders above this make the [sum(alpha - 1), N] table needlessly large; nothing in the
 # literature uses them for accounting (the optimum sits below ~100 for any practical delta).
 _MAX_ALPHA = 1024
 
-# Rows of ``ratios`` handled per chunk, so the padded table stays a few tens of MB at most.
+# Table entries per chunk of ratios, so the [sum(alpha - 1), n] tables stay ~32 MB at most.
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -137,8 +137,8 @@ def _log_expm1(x: Tensor) -> Tensor:
 def _log_one_plus_s(r2: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
     """``log(1 + S)``, ``[K, n]``, with ``S = sum_{k>=2} w_{alpha,k} expm1(k(k-1) r^2 / 2)``.
 
-    Works on ``[terms, examples]`` tables: gathers, segment max and segment sum then move whole
-    contiguous rows, which is several times faster than the ``[examples, terms]`` layout on CPUs.
+    Works on ``[terms, examples]`` tables, so that the gathers and segment reductions move whole
+    contiguous rows (several times faster on CPUs than the ``[examples, terms]`` layout).
     """
     half_kk1, log_weight, k_index, order_index, segments, lengths, _ = coefficients
     log_growth = _log_expm1(half_kk1 * r2)  # [M, n], shared by all orders
