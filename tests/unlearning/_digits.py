@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -97,4 +96,4 @@ def quiet_trainer(**kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**settings)
 
 
-__all__ = ["DigitsMLP", "digits_data", "np", "quiet_trainer"]
+__all__ = ["DigitsMLP", "digits_data", "quiet_trainer"]
