@@ -90,12 +90,13 @@ def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
 
 
 class EpochSeededSampler(Sampler[int]):
-    """A random permutation per epoch drawn from ``seed + epoch`` (reproducible on resume).
+    """A random permutation per epoch drawn from ``seed + epoch`` (independent of global RNGs).
 
-    Lightning calls ``set_epoch`` on samplers that have it, so a run resumed from an end-of-epoch
-    checkpoint sees exactly the batches the uninterrupted run would have seen. Under DDP
-    Lightning distributes it (``DistributedSamplerWrapper``) or replaces it with its seeded
-    ``DistributedSampler``.
+    Lightning calls ``set_epoch`` on samplers that have it, so two runs see the same batches
+    epoch by epoch, whatever else consumed random numbers. Under DDP Lightning distributes it
+    (``DistributedSamplerWrapper``). Caveat (measured with Lightning 2.6): a run resumed from an
+    end-of-epoch checkpoint is handed a shifted epoch number after its first batch, so its data
+    order differs from the uninterrupted run's from then on.
 
     Args:
         indices: the number of items ``n`` (permute ``0..n-1``) or the indices to permute.

@@ -43,9 +43,16 @@ class UnlearningModule(pl.LightningModule):
     ``{"retain": batch, "forget": batch}``, with the step budget as the trainer's limit::
 
         budget = compute_budget(ledger, dm, constants=constants)  # THEORY §5
+        unlearner = UnlearningModule(model, method="sgld")
         trainer = Trainer(max_steps=budget, callbacks=[LossCalibratedStopping()])
-        trainer.fit(UnlearningModule(model, method="sgld"), datamodule=dm)
-        result = unlearner.result  # UnlearningResult
+        trainer.fit(unlearner, datamodule=dm)
+        result = unlearner.result  # UnlearningResult; unlearner.module is the model
+
+    Before the first step and at the end, the module evaluates loss and accuracy on the forget,
+    retain and held-out sets of a :class:`~lightning_unlearn.ForgetRetainDataModule` (on every
+    rank under DDP: the replicas are identical, the sets are not sharded) and keeps them in
+    :attr:`result` (an :class:`~lightning_unlearn.unlearning.UnlearningResult`, set when
+    ``fit`` ends normally).
 
     Methods (loss per step; :math:`L_R`: user's loss on a retain batch, :math:`L_F`: on a
     forget batch):

@@ -14,9 +14,9 @@ from lightning_unlearn.evaluation.functional import loss_mia_auroc, per_example_
 
 __all__ = ["UnlearningResult", "evaluate_splits"]
 
-STOP_REASONS = ("calibrated", "budget", "interrupted", "other")
-"""Why a run stopped: the loss-calibrated rule fired, the step budget was spent, the run was
-interrupted, or something else (``max_epochs``, ``max_time``, another callback)."""
+STOP_REASONS = ("calibrated", "budget", "other")
+"""Why a run stopped: the loss-calibrated rule fired, the step budget was spent, or something
+else (``max_epochs``, ``max_time``, another callback). A run that raises produces no result."""
 
 
 @dataclasses.dataclass
@@ -27,7 +27,7 @@ class UnlearningResult:
         method: the unlearning method (see :class:`~lightning_unlearn.UnlearningModule`).
         steps: optimizer steps taken (``trainer.global_step`` at the end).
         budget: the step limit (``Trainer.max_steps``), or ``None`` if unlimited.
-        stop_reason: one of ``"calibrated"``, ``"budget"``, ``"interrupted"``, ``"other"``.
+        stop_reason: one of ``"calibrated"``, ``"budget"``, ``"other"`` (``STOP_REASONS``).
         num_forget: size of the forget set.
         before: per split (``"forget"``, ``"retain"``, ``"heldout"``) ``{"loss", "accuracy"}``
             before unlearning, plus ``"forget_mia_auroc"`` when a held-out set exists.
