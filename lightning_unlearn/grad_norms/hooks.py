@@ -270,7 +270,9 @@ def attach_norm_hooks(
     torch's one-time "Full backward hook is firing ..." warning, which these hooks trigger
     harmlessly on the first layer, is filtered (that message only). Remove the hooks with
     :meth:`NormHooks.detach`. Hooks attached after ``torch.compile`` are ignored by the compiled
-    graph: attach to the eager module.
+    graph: attach to the eager module. Parameters used twice in one forward pass (tied
+    weights) are not supported by Opacus' ghost mode (it raises ``NotImplementedError`` in the
+    forward pass); use ``mode="hooks"`` for such models.
 
     Args:
         module: the module (e.g. a ``LightningModule``) whose parameters' per-sample gradient

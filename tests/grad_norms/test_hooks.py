@@ -156,3 +156,30 @@ def test_unused_parameters_contribute_zero_and_no_stale_norms() -> None:
     expected_a = (x.pow(2).sum(1) * 2 + 2).sqrt()  # weight rows each get x, bias gets 1
     torch.testing.assert_close(only_a, expected_a)
     torch.testing.assert_close(both, (2 * expected_a.pow(2)).sqrt())
+
+
+def test_tied_weights_need_hooks_mode() -> None:
+    """A layer applied twice: "hooks" sums its two contributions per example; ghost refuses."""
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(torch.tanh(self.lin(x))).sum(1)
+
+    torch.manual_seed(0)
+    net, x = Tied(), torch.randn(5, 4)
+    reference = []
+    for i in range(5):
+        grads = torch.autograd.grad(net(x[i : i + 1]).sum(), list(net.parameters()))
+        reference.append(sum(g.pow(2).sum() for g in grads))
+    with attach_norm_hooks(net, "hooks", loss_reduction="sum") as hooks:
+        net(x).sum().backward()
+        torch.testing.assert_close(hooks.per_sample_norms().pow(2), torch.stack(reference))
+    with (
+        attach_norm_hooks(net, "ghost") as hooks,
+        pytest.raises(NotImplementedError, match="tying"),
+    ):
+        net(x)
