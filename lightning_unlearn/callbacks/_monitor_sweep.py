@@ -77,6 +77,11 @@ def run_sweep(
                 torch.autograd.grad(loss, params, allow_unused=True)
                 norms = hooks.per_sample_norms()
                 hooks.clear()
+                if ids.shape[0] != norms.shape[0]:
+                    raise ValueError(
+                        f"Expected one gradient norm per sample id in the sweep, but got "
+                        f"{norms.shape[0]} norms for {ids.shape[0]} ids; override `sweep_loss`."
+                    )
                 monitor._check_step_norms(norms, ids)
                 rdp = monitor.per_step_loss(norms, trainer, monitor._global_batch) * float(weight)
                 target.privacy.index_add_(0, ids.to(target.device), rdp.to(target.device))

@@ -307,6 +307,12 @@ class PerInstancePrivacyMonitor(Callback):
         norms = self._hooks.per_sample_norms()
         self._hooks.clear()
         ids = self._ids.to(norms.device)
+        if ids.shape[0] != norms.shape[0]:
+            raise ValueError(
+                f"Expected one gradient norm per sample id, but got {norms.shape[0]} norms for "
+                f"{ids.shape[0]} ids. The module's layers must see the batch (batch-first) "
+                "that carries the ids; use `sample_id_fn` for custom batches."
+            )
         if self._accum > 1:
             norms = norms * self._accum  # Lightning divided the loss by accumulate_grad_batches
         scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -324,12 +330,6 @@ class PerInstancePrivacyMonitor(Callback):
         """NaN/inf norms: raise at once on a single CPU process (free there); otherwise set a
         device flag checked at the end of the epoch, so the step never waits for the device and
         all DDP ranks raise together (one rank raising alone would leave the others hanging)."""
-        if ids.shape[0] != norms.shape[0]:
-            raise ValueError(
-                f"Expected one gradient norm per sample id, but got {norms.shape[0]} norms for "
-                f"{ids.shape[0]} ids. The module's layers must see the batch (batch-first) "
-                "that carries the ids; use `sample_id_fn` for custom batches."
-            )
         finite = torch.isfinite(norms)
         if norms.device.type == "cpu" and self._world_size == 1:
             if not bool(finite.all()):
