@@ -235,8 +235,8 @@ def build_model(name: str, **hparams: Any) -> ClassifierModule:
         ValueError: unknown name.
 
     Example:
-        >>> build_model("mlp", input_dim=64, hidden=[16]).hparams["hidden"]
-        [16]
+        >>> type(build_model("mlp", input_dim=64, hidden=(16,))).__name__
+        'MLPClassifier'
     """
     if name not in _MODELS:
         raise ValueError(f"Expected `name` to be one of {sorted(_MODELS)}, but got {name!r}.")

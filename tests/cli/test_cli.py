@@ -180,3 +180,23 @@ def test_console_script_entry_point_runs() -> None:
     )  # fmt: skip
     assert proc.returncode == 0
     assert proc.stdout.startswith("lightning-unlearn 0.")
+
+
+@pytest.mark.parametrize(
+    "config", sorted((Path(__file__).parents[2] / "examples" / "configs").glob("*.yaml"))
+)
+def test_example_configs_are_valid(config: Path) -> None:
+    import importlib
+
+    from lightning_unlearn.cli._args import parse_args
+
+    command = config.stem.split("_")[0]
+    module = importlib.import_module(f"lightning_unlearn.cli.{command}")
+    required = {
+        "fit": ["--output-dir", "x"],
+        "unlearn": ["--checkpoint", "c", "--ledger", "l", "--forget-ids", "1", "--output-dir", "x"],
+    }.get(command, [])
+    args = parse_args(module.build_parser(), ["--config", str(config), *required])
+    values = __import__("yaml").safe_load(config.read_text())
+    for key, value in values.items():
+        assert getattr(args, key) == value  # every key reached its option
