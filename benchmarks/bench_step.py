@@ -404,7 +404,7 @@ def ledger_worker(
 # --------------------------------------------------------------------------------------------
 
 
-def machine_string(device: str) -> str:
+def machine_string(device: str, threads: int | None) -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -418,7 +418,8 @@ def machine_string(device: str) -> str:
 
     desc = (
         f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        f"({threads or torch.get_num_threads()} threads per case), "
+        f"Python {platform.python_version()}"
     )
     if device == "cuda" and torch.cuda.is_available():
         desc += f", GPU {torch.cuda.get_device_name(0)}"
@@ -446,6 +447,36 @@ def profile_case(spec: str, device: str, steps: int) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=18))
 
 
+def markdown(path: str) -> str:
+    """The table of a JSON result file as Markdown (used for docs/performance.md)."""
+    data = json.loads(Path(path).read_text())
+    cases = data["cases"]
+    models = list(dict.fromkeys(c["model"] for c in cases))
+    methods = list(dict.fromkeys(c["method"] for c in cases))
+    head = "| method | " + " | ".join(models) + " |"
+    lines = [head, "|---" * (len(models) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for model in models:
+            c = next((c for c in cases if c["model"] == model and c["method"] == method), None)
+            cells.append(
+                f"{c['ratio_time']:.2f} / {c['ratio_cpu']:.2f} / {c['ratio_mem']:.2f}"
+                if c
+                else "failed"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    plain = [c for c in cases if c["method"] == "plain"]
+    lines.append("")
+    lines.append(
+        "Plain step, wall ms / CPU ms / peak MB: "
+        + "; ".join(
+            f"{c['model']} {c['ms']:.2f} / {c['cpu_ms']:.2f} / {c['peak_mb']:.1f}" for c in plain
+        )
+        + "."
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -461,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=0, help="torch threads per case (0: torch's default)"
     )
     parser.add_argument("--profile", metavar="MODEL:METHOD", help="profile one case and exit")
+    parser.add_argument("--markdown", metavar="JSON", help="print a result file as Markdown")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--ledger-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -470,6 +502,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.ledger_worker:
         print(json.dumps(ledger_worker(args.device, 1_000_000, 1024, args.threads)))
+        return
+    if args.markdown:
+        print(markdown(args.markdown))
         return
     if args.profile:
         profile_case(args.profile, args.device, args.steps)
@@ -539,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
             | {k: r[k] for k in ("cpu_ms", "ratio_cpu", "ms_min", "peak_mb", "steps_timed")}
             for r in results
         ],
-        "machine": machine_string(args.device),
+        "machine": machine_string(args.device, results[0]["threads"] if results else None),
         "device": args.device,
         "memory": results[0]["mem_how"] if results else "",
         "data": {r["model"]: r["data"] for r in results},
