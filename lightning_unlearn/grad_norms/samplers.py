@@ -38,6 +38,7 @@ backward passes in ``tests/grad_norms/test_samplers*.py``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -175,20 +176,42 @@ def embedding_norm_sample(
     return out
 
 
+def _empty_batch_safe(sampler: NormSampler) -> NormSampler:
+    """Return empty norms for an empty batch (Poisson sampling can draw one) instead of failing."""
+
+    @functools.wraps(sampler)
+    def guarded(layer: nn.Module, activations: list[Tensor], backprops: Tensor) -> dict:
+        if backprops.shape[0] == 0:
+            return {
+                p: backprops.new_zeros(0)
+                for p in layer.parameters(recurse=False)
+                if p.requires_grad
+            }
+        return sampler(layer, activations, backprops)
+
+    return guarded
+
+
 NORM_SAMPLERS: dict[type[nn.Module], NormSampler] = {
-    nn.Conv1d: conv_norm_sample,
-    nn.Conv2d: conv_norm_sample,
-    nn.Conv3d: conv_norm_sample,
-    nn.GroupNorm: group_norm_norm_sample,
-    nn.LayerNorm: layer_norm_norm_sample,
-    nn.InstanceNorm1d: instance_norm_norm_sample,
-    nn.InstanceNorm2d: instance_norm_norm_sample,
-    nn.InstanceNorm3d: instance_norm_norm_sample,
-    nn.RMSNorm: rms_norm_norm_sample,
-    nn.Linear: linear_norm_sample,
-    nn.Embedding: embedding_norm_sample,
+    layer_type: _empty_batch_safe(sampler)
+    for layer_type, sampler in [
+        (nn.Conv1d, conv_norm_sample),
+        (nn.Conv2d, conv_norm_sample),
+        (nn.Conv3d, conv_norm_sample),
+        (nn.GroupNorm, group_norm_norm_sample),
+        (nn.LayerNorm, layer_norm_norm_sample),
+        (nn.InstanceNorm1d, instance_norm_norm_sample),
+        (nn.InstanceNorm2d, instance_norm_norm_sample),
+        (nn.InstanceNorm3d, instance_norm_norm_sample),
+        (nn.RMSNorm, rms_norm_norm_sample),
+        (nn.Linear, linear_norm_sample),
+        (nn.Embedding, embedding_norm_sample),
+    ]
 }
-"""Layer type -> norm sampler registered by :func:`register_norm_samplers` (exact types)."""
+"""Layer type -> norm sampler registered by :func:`register_norm_samplers` (exact types).
+
+Each entry wraps the public function of the same name so that an empty batch gives empty norms.
+"""
 
 
 def register_norm_samplers() -> None:
@@ -204,7 +227,7 @@ def register_norm_samplers() -> None:
         >>> import torch
         >>> from opacus.grad_sample import GradSampleHooksFastGradientClipping as Hooks
         >>> register_norm_samplers()
-        >>> Hooks.NORM_SAMPLERS[torch.nn.Conv2d] is conv_norm_sample
+        >>> Hooks.NORM_SAMPLERS[torch.nn.Conv2d] is NORM_SAMPLERS[torch.nn.Conv2d]
         True
     """
     from opacus.grad_sample import register_norm_sampler

@@ -135,3 +135,15 @@ def test_ghost_mode_float32_second_step() -> None:
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     finally:
         hooks.cleanup()
+
+
+def test_empty_batch_gives_empty_norms() -> None:
+    """Poisson sampling can draw an empty batch; the hooks must not fail on it."""
+    register_norm_samplers()
+    model, x = inputs("cnn")
+    hooks = prepare_module(model, "ghost", wrap_model=False, loss_reduction="sum")
+    try:
+        F.cross_entropy(model(x[:0]), torch.zeros(0, dtype=torch.long), reduction="sum").backward()
+        assert hooks.get_norm_sample().shape == (0,)
+    finally:
+        hooks.cleanup()
