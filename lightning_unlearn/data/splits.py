@@ -9,7 +9,7 @@ renumbering anything: every batch of every loader carries the original ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -92,30 +92,43 @@ def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
 class EpochSeededSampler(Sampler[int]):
     """A random permutation per epoch drawn from ``seed + epoch`` (independent of global RNGs).
 
-    Lightning calls ``set_epoch`` on samplers that have it, so two runs see the same batches
-    epoch by epoch, whatever else consumed random numbers. Under DDP Lightning distributes it
-    (``DistributedSamplerWrapper``). Caveat (measured with Lightning 2.6): a run resumed from an
-    end-of-epoch checkpoint is handed a shifted epoch number after its first batch, so its data
-    order differs from the uninterrupted run's from then on.
+    The epoch is read from ``epoch_fn`` when given (the data module passes the trainer's
+    ``current_epoch``), else from the last ``set_epoch`` call. Reading the trainer matters on
+    resumption: Lightning 2.6 hands a run resumed from an end-of-epoch checkpoint a shifted
+    number through ``set_epoch`` (measured), which would shift every later epoch's order. With
+    the trainer's epoch, the resumed run's epochs use the same permutations as the uninterrupted
+    run's; one caveat remains (also measured): Lightning draws one batch of the finished epoch
+    before starting the next, so a resumed run trains on one extra stale batch at the boundary
+    and is not bit-identical. Under DDP Lightning distributes the sampler
+    (``DistributedSamplerWrapper``).
 
     Args:
         indices: the number of items ``n`` (permute ``0..n-1``) or the indices to permute.
         seed: base seed of the permutations.
+        epoch_fn: optional callable returning the current epoch.
     """
 
-    def __init__(self, indices: int | torch.Tensor, seed: int = 0) -> None:
+    def __init__(
+        self,
+        indices: int | torch.Tensor,
+        seed: int = 0,
+        epoch_fn: Callable[[], int | None] | None = None,
+    ) -> None:
         self.indices = (
             torch.arange(indices) if isinstance(indices, int) else torch.as_tensor(indices).long()
         )
         self.seed = seed
         self.epoch = 0
+        self.epoch_fn = epoch_fn
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch``."""
+        """Select the permutation of ``epoch`` (used when no ``epoch_fn`` answers)."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        epoch = self.epoch if epoch is None else epoch
+        generator = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.indices.numel(), generator=generator)
         return iter(self.indices[order].tolist())
 
@@ -254,7 +267,11 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         return torch.randperm(n, generator=generator)[:size].sort().values
 
     def _loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool) -> DataLoader:
-        sampler = EpochSeededSampler(len(dataset), self.seed) if shuffle else None  # type: ignore[arg-type]
+        sampler = (
+            EpochSeededSampler(len(dataset), self.seed, self._trainer_epoch)  # type: ignore[arg-type]
+            if shuffle
+            else None
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -262,6 +279,9 @@ class ForgetRetainDataModule(pl.LightningDataModule):
             shuffle=False,
             num_workers=self.num_workers,
         )
+
+    def _trainer_epoch(self) -> int | None:
+        return None if self.trainer is None else int(self.trainer.current_epoch)
 
     @override
     def train_dataloader(self) -> CombinedLoader:
@@ -284,7 +304,9 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         With a held-out split, pass the monitor ``sample_rate=batch_size / len(train_set)``.
         """
         ids = self.train_ids
-        sampler = EpochSeededSampler(ids, self.seed) if shuffle else ids.tolist()
+        sampler = (
+            EpochSeededSampler(ids, self.seed, self._trainer_epoch) if shuffle else ids.tolist()
+        )
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,

@@ -152,7 +152,7 @@ def test_sgld_unlearns_within_budget(trained: dict[str, Any]) -> None:
     assert result.steps == 120
     assert stop.stopped_step is None
     before, after = result.before["forget_mia_auroc"], _sklearn_auroc(model, dm)
-    assert after < before - 0.1
+    assert after < before - 0.05
     assert abs(after - 0.5) < abs(before - 0.5)
     assert result.after["retain"]["accuracy"] >= result.before["retain"]["accuracy"] - 0.03
     assert result.after["forget"]["loss"] > result.before["forget"]["loss"]
