@@ -156,3 +156,17 @@ def test_sgld_unlearns_within_budget(trained: dict[str, Any]) -> None:
     assert abs(after - 0.5) < abs(before - 0.5)
     assert result.after["retain"]["accuracy"] >= result.before["retain"]["accuracy"] - 0.03
     assert result.after["forget"]["loss"] > result.before["forget"]["loss"]
+
+
+def test_ledger_of_another_dataset_is_rejected(trained: dict[str, Any]) -> None:
+    from lightning_unlearn import LedgerMismatchError
+    from tests.unlearning._digits import digits_data
+
+    # Same size (800), different examples: only the monitor's dataset fingerprint can tell.
+    other_train, other_heldout, other_forget = digits_data(seed=1)
+    other = ForgetRetainDataModule(other_train, other_forget, heldout=other_heldout)
+    assert other.num_samples == trained["ledger"].num_samples
+    with pytest.raises(LedgerMismatchError, match="dataset_fingerprint"):
+        compute_budget(trained["ledger"], other, constants=CONSTANTS)
+    with pytest.raises(LedgerMismatchError, match="800 examples"):
+        compute_budget(trained["ledger"], [0, 1], constants=CONSTANTS, num_samples=799)
