@@ -71,6 +71,7 @@ METHODS = (
     "vmap",
 )
 EXTRA_METHODS = ("ghost-sum",)  # opt-in (--methods ... ghost-sum)
+EXTRA_FIELDS = ("cpu_ms", "ratio_cpu", "ms_min", "peak_mb", "steps_timed", "rounds")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 BATCH = 128
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -486,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=30, help="timed steps after warm-up (>= 30)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over all cases; medians over rounds"
+    )
     parser.add_argument("--out", default="benchmarks/results/bench_step.json")
     parser.add_argument("--no-malloc-env", action="store_true")
     parser.add_argument(
@@ -517,17 +521,26 @@ def main(argv: list[str] | None = None) -> None:
     common += ["--threads", str(args.threads)]
     load_start = os.getloadavg()
     t_start = time.time()
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rnd in range(args.repeats):  # rounds interleave the cases, so load drifts hit all alike
+        for model in args.models:
+            for method in args.methods:
+                try:
+                    res = run_sub(["--worker", model, method, *common], env)
+                except RuntimeError as err:
+                    msg = str(err).splitlines()[-1]
+                    print(f"{model:5s} {method:18s} FAILED: {msg}", flush=True)
+                    continue
+                runs.setdefault((model, method), []).append(res)
+                line = f"{model:5s} {method:18s} {res['ms']:9.2f} ms  {res['cpu_ms']:9.2f} cpu-ms"
+                print(f"{line}  {res['peak_mb']:8.1f} MB  (round {rnd + 1})", flush=True)
     results: list[dict[str, Any]] = []
-    for model in args.models:
-        for method in args.methods:
-            try:
-                res = run_sub(["--worker", model, method, *common], env)
-            except RuntimeError as err:
-                print(f"{model:5s} {method:18s} FAILED: {str(err).splitlines()[-1]}", flush=True)
-                continue
-            results.append(res)
-            line = f"{model:5s} {method:18s} {res['ms']:9.2f} ms  {res['cpu_ms']:9.2f} cpu-ms"
-            print(f"{line}  {res['peak_mb']:8.1f} MB", flush=True)
+    for reps in runs.values():  # median over rounds of each round's median step
+        res = dict(reps[0])
+        for key in ("ms", "cpu_ms", "ms_min", "peak_mb"):
+            res[key] = statistics.median(r[key] for r in reps)
+        res["rounds"] = len(reps)
+        results.append(res)
     ledger = run_sub(
         ["--ledger-worker", "--device", args.device, "--threads", str(args.threads)], env
     )
@@ -571,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         "cases": [
             {k: r[k] for k in ("model", "method", "ms", "ratio_time", "ratio_mem")}
-            | {k: r[k] for k in ("cpu_ms", "ratio_cpu", "ms_min", "peak_mb", "steps_timed")}
+            | {k: r[k] for k in EXTRA_FIELDS}
             for r in results
         ],
         "machine": machine_string(args.device, results[0]["threads"] if results else None),
