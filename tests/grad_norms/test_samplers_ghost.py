@@ -147,3 +147,19 @@ def test_empty_batch_gives_empty_norms() -> None:
         assert hooks.get_norm_sample().shape == (0,)
     finally:
         hooks.cleanup()
+
+
+def test_sum_reduction_times_batch_size_equals_mean_reduction() -> None:
+    """The identity behind bench_step's ``ghost-sum`` row: norms are linear in the signal."""
+    register_norm_samplers()
+    model, x = inputs("text")
+    y = torch.arange(B) % 3
+    norms = {}
+    for reduction in ("mean", "sum"):
+        hooks = prepare_module(model, "ghost", wrap_model=False, loss_reduction=reduction)
+        try:
+            F.cross_entropy(model(x), y).backward()  # a mean loss in both cases
+            norms[reduction] = hooks.get_norm_sample()
+        finally:
+            hooks.cleanup()
+    torch.testing.assert_close(norms["sum"] * B, norms["mean"], rtol=1e-5, atol=1e-7)
