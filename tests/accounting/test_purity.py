@@ -7,17 +7,19 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import lightning_unlearn
 
 PACKAGE_DIR = Path(lightning_unlearn.__file__).parent
 
-# Runs in a fresh interpreter. The top-level package __init__ re-exports callbacks etc. that
-# legitimately need lightning, so it is bypassed: the package is registered as an empty module
-# whose __path__ is the real directory, and only `lightning_unlearn.accounting` (and what it
-# imports itself) executes. Any attempt to import a blocked module is recorded and fails.
+# Runs in a fresh interpreter, importing the real package: the top-level __init__ imports only
+# errors and accounting eagerly and the Lightning-dependent names lazily (PEP 562), so both
+# `import lightning_unlearn` and `import lightning_unlearn.accounting` must work with lightning,
+# opacus and torchmetrics blocked. Any attempt to import a blocked module is recorded and fails.
 SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys, types
+    import importlib.abc, sys
 
     BLOCKED = ("lightning", "pytorch_lightning", "opacus", "lightning_utilities", "torchmetrics")
     attempts = []
@@ -34,12 +36,13 @@ SCRIPT = textwrap.dedent(
         if name.split(".")[0] in BLOCKED:
             del sys.modules[name]
 
-    pkg = types.ModuleType("lightning_unlearn")
-    pkg.__path__ = [PACKAGE_DIR]
-    sys.modules["lightning_unlearn"] = pkg
+    sys.path.insert(0, PACKAGE_PARENT)
 
     import torch
+    import lightning_unlearn
     import lightning_unlearn.accounting as acc
+
+    assert lightning_unlearn.PrivacyLedger is acc.PrivacyLedger
 
     ledger = acc.PrivacyLedger(3, alphas=(2, 8))
     norms = torch.tensor([0.5, 2.0], dtype=torch.float64)
@@ -53,7 +56,7 @@ SCRIPT = textwrap.dedent(
     own = sorted(m for m in sys.modules if m.startswith("lightning_unlearn."))
     print("OK", own)
     """
-).replace("PACKAGE_DIR", repr(str(PACKAGE_DIR)))
+).replace("PACKAGE_PARENT", repr(str(PACKAGE_DIR.parent)))
 
 
 def test_accounting_imports_without_lightning_or_opacus() -> None:
@@ -77,3 +80,12 @@ def test_blocker_really_blocks() -> None:
     )
     assert result.returncode != 0
     assert "opacus is blocked" in result.stderr
+
+
+def test_lazy_top_level_exports_resolve() -> None:
+    """Every name in `__all__` resolves (the lazy ones import their module on first access)."""
+    for name in lightning_unlearn.__all__:
+        assert getattr(lightning_unlearn, name) is not None, name
+    assert "PerInstancePrivacyMonitor" in dir(lightning_unlearn)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = lightning_unlearn.nope  # type: ignore[attr-defined]
