@@ -56,6 +56,7 @@ import statistics
 import subprocess
 import sys
 import time
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ METHODS = (
     "vmap",
 )
 EXTRA_METHODS = ("ghost-sum",)  # opt-in (--methods ... ghost-sum)
-EXTRA_FIELDS = ("cpu_ms", "ratio_cpu", "ms_min", "peak_mb", "steps_timed", "rounds")
+EXTRA_FIELDS = ("cpu_ms", "ratio_cpu", "ms_min", "peak_mb", "steps_timed", "rounds", "raw")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 BATCH = 128
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -531,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
                     msg = str(err).splitlines()[-1]
                     print(f"{model:5s} {method:18s} FAILED: {msg}", flush=True)
                     continue
+                res["round"] = rnd
                 runs.setdefault((model, method), []).append(res)
                 line = f"{model:5s} {method:18s} {res['ms']:9.2f} ms  {res['cpu_ms']:9.2f} cpu-ms"
                 print(f"{line}  {res['peak_mb']:8.1f} MB  (round {rnd + 1})", flush=True)
@@ -540,6 +542,7 @@ def main(argv: list[str] | None = None) -> None:
         for key in ("ms", "cpu_ms", "ms_min", "peak_mb"):
             res[key] = statistics.median(r[key] for r in reps)
         res["rounds"] = len(reps)
+        res["raw"] = [{k: r[k] for k in ("round", "ms", "cpu_ms", "peak_mb")} for r in reps]
         results.append(res)
     ledger = run_sub(
         ["--ledger-worker", "--device", args.device, "--threads", str(args.threads)], env
@@ -547,10 +550,20 @@ def main(argv: list[str] | None = None) -> None:
 
     base = {r["model"]: r for r in results if r["method"] == "plain"}
     for r in results:
+        # Ratio to the plain case of the same round (measured close in time, so slow drifts in
+        # the machine's load cancel), then the median over rounds.
         b = base.get(r["model"])
-        r["ratio_time"] = r["ms"] / b["ms"] if b else float("nan")
-        r["ratio_cpu"] = r["cpu_ms"] / b["cpu_ms"] if b else float("nan")
-        r["ratio_mem"] = r["peak_mb"] / b["peak_mb"] if b and b["peak_mb"] > 0 else float("nan")
+        for ratio, key in (("ratio_time", "ms"), ("ratio_cpu", "cpu_ms"), ("ratio_mem", "peak_mb")):
+            if not b:
+                r[ratio] = float("nan")
+                continue
+            plain_by_round = {y["round"]: y[key] for y in b["raw"]}
+            vals = [
+                x[key] / plain_by_round[x["round"]]
+                for x in r["raw"]
+                if x["round"] in plain_by_round and plain_by_round[x["round"]] > 0
+            ]
+            r[ratio] = statistics.median(vals) if vals else nan
     if "cnn" in base:
         ledger["fraction_of_cnn_step"] = ledger["update_ms"] / base["cnn"]["ms"]
         ledger["fraction_of_cnn_step_cpu"] = ledger["update_cpu_ms"] / base["cnn"]["cpu_ms"]
