@@ -45,7 +45,7 @@ def write_demo_report(
         {k: (v["steps"], v["forget_loss"]) for k, v in traj.items()},
         plots / "forget_loss_trajectory.png",
         ylabel="forget-set mean loss",
-        title="Forget-set loss while unlearning (dashed: oracle)",
+        title="Forget-set loss while unlearning (grey: oracle levels)",
         references={f"oracle, {k.split(',')[0]}": v["oracle_forget_loss"] for k, v in traj.items()},
     )
     plot_trajectories(

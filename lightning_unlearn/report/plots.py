@@ -133,7 +133,14 @@ def plot_bin_series(
         s = None if stds is None else _np(stds)
         offset = (i - (len(series) - 1) / 2) * 0.08
         ax.errorbar(x + offset, m, yerr=s, marker="o", capsize=3, label=name)
-    ax.set_xticks(x, list(bin_labels), fontsize=8)
+    long = max((len(b) for b in bin_labels), default=0) > 10
+    ax.set_xticks(
+        x,
+        list(bin_labels),
+        fontsize=8,
+        rotation=20 if long else 0,
+        ha="right" if long else "center",
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -213,8 +220,9 @@ def plot_trajectories(
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, (steps, values)) in enumerate(curves.items()):
         ax.plot(_np(steps), _np(values), marker=".", label=label, color=colors[i % len(colors)])
+    styles = ("--", ":", "-.")
     for i, (label, level) in enumerate((references or {}).items()):
-        ax.axhline(level, ls="--", lw=1, color=colors[i % len(colors)], label=label)
+        ax.axhline(level, ls=styles[i % len(styles)], lw=1.2, color="0.3", label=label)
     ax.set_xlabel("unlearning step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
