@@ -76,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             module.run(namespace)
     except SystemExit as err:  # argparse errors and --help
         return int(err.code) if isinstance(err.code, int) else 2
+    except ImportError as err:
+        if "pip install" not in str(err):  # a missing optional extra says how to install it
+            raise
+        print(f"lightning-unlearn {name}: error: {err}", file=sys.stderr)
+        return 2
     except (LightningUnlearnError, FileNotFoundError) as err:
         print(f"lightning-unlearn {name}: error: {err}", file=sys.stderr)
         return 2
