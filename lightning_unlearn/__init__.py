@@ -27,6 +27,7 @@ from lightning_unlearn.errors import (
 
 if TYPE_CHECKING:
     from lightning_unlearn.callbacks import DifficultyMonitor, PerInstancePrivacyMonitor
+    from lightning_unlearn.data.modules import DigitsDataModule, FashionMNISTDataModule
     from lightning_unlearn.data.splits import ForgetRetainDataModule
     from lightning_unlearn.evaluation import LossBarrier, loss_barrier, loss_mia_auroc
     from lightning_unlearn.unlearning import SGLD, UnlearningModule
@@ -38,6 +39,8 @@ _LAZY = {
     "DifficultyMonitor": "lightning_unlearn.callbacks",
     "PerInstancePrivacyMonitor": "lightning_unlearn.callbacks",
     "ForgetRetainDataModule": "lightning_unlearn.data.splits",
+    "DigitsDataModule": "lightning_unlearn.data.modules",
+    "FashionMNISTDataModule": "lightning_unlearn.data.modules",
     "LossBarrier": "lightning_unlearn.evaluation",
     "loss_barrier": "lightning_unlearn.evaluation",
     "loss_mia_auroc": "lightning_unlearn.evaluation",
@@ -62,6 +65,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "SGLD",
     "DifficultyMonitor",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
     "ForgetRetainDataModule",
     "ForgetSetError",
     "LedgerMismatchError",
