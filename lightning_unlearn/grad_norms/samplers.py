@@ -114,7 +114,7 @@ def linear_norm_sample(
         if t * (d_in + d_out) < d_in * d_out:
             sq = ((a3 @ a3.transpose(1, 2)) * (g3 @ g3.transpose(1, 2))).sum(dim=(1, 2))
         else:
-            sq = (g3.transpose(1, 2) @ a3).pow(2).sum(dim=(1, 2))
+            sq = torch.linalg.vector_norm(g3.transpose(1, 2) @ a3, dim=(1, 2)).square()
         out[layer.weight] = sq.clamp_min(0).sqrt()
     if layer.bias is not None and layer.bias.requires_grad:
         out[layer.bias] = g3.sum(1).norm(dim=1)
@@ -171,7 +171,8 @@ def embedding_norm_sample(
     keys = owner * layer.num_embeddings + ids.reshape(-1)
     uniq, inverse = keys.unique(return_inverse=True)
     rows = g2.new_zeros(uniq.shape[0], g2.shape[1]).index_add_(0, inverse, g2)
-    sq = g2.new_zeros(b).index_add_(0, uniq // layer.num_embeddings, rows.pow(2).sum(1))
+    row_sq = torch.linalg.vector_norm(rows, dim=1).square()
+    sq = g2.new_zeros(b).index_add_(0, uniq // layer.num_embeddings, row_sq)
     out[layer.weight] = sq.sqrt()
     return out
 

@@ -112,7 +112,8 @@ def _weight_sq_instantiate(layer: _ConvNd, x: Tensor, g: Tensor) -> Tensor:
         b * groups,
         [False, True, False],
     )
-    return gw.reshape(b, -1).pow(2).sum(1)
+    # One fused reduction: no squared copy of the [B, C_out, D] gradients.
+    return torch.linalg.vector_norm(gw.reshape(b, -1), dim=1).square()
 
 
 def _weight_sq_ghost(layer: _ConvNd, x: Tensor, g: Tensor) -> Tensor:
