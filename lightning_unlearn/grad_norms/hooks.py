@@ -337,6 +337,18 @@ def attach_norm_hooks(
                 "`NormHooks` (the monitor detaches in `teardown`) before attaching again."
             )
 
+    attention = [
+        n or "<root>" for n, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)
+    ]
+    if attention:
+        # Opacus' hooks see only the query of nn.MultiheadAttention and fail deep in the
+        # backward pass with a TypeError; say so up front instead.
+        raise UnsupportedLayerError(
+            f"Expected layers Opacus can hook, but got nn.MultiheadAttention at {attention}: its "
+            "per-sample gradients are not available through hooks. Build attention from "
+            "`nn.Linear` projections and `torch.nn.functional.scaled_dot_product_attention`, "
+            "or use `opacus.layers.DPMultiheadAttention` (a drop-in replacement)."
+        )
     unsupported = find_unsupported_modules(module)
     if unsupported and strict and not exclude_unsupported:
         names = ", ".join(f"{n or '<root>'} ({type(m).__name__})" for n, m in unsupported)

@@ -183,3 +183,19 @@ def test_tied_weights_need_hooks_mode() -> None:
         pytest.raises(NotImplementedError, match="tying"),
     ):
         net(x)
+
+
+def test_multihead_attention_is_rejected_up_front_with_a_fix() -> None:
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x)[0]
+
+    net = Attn()
+    with pytest.raises(UnsupportedLayerError, match=r"attn.*scaled_dot_product_attention"):
+        attach_norm_hooks(net)
+    # nothing was attached: a later attach of a supported model is unaffected
+    assert not any(k.startswith("_lightning_unlearn") for k in vars(net))
