@@ -181,7 +181,10 @@ def _one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     )
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     rows = []
-    for kind, label, ids in selections:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(selections, desc=f"seed {seed}: forget sets", disable=not progress)
+    for kind, label, ids in bar:
         frdm = ForgetRetainDataModule(
             dm.train_dataset,  # type: ignore[arg-type]
             ids,
