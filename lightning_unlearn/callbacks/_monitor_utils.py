@@ -7,7 +7,6 @@ ranks, and the per-epoch summaries written to the loggers.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
@@ -28,7 +26,6 @@ __all__ = [
     "RunPlan",
     "TrainData",
     "WorstCaseAccountant",
-    "dataset_fingerprint",
     "epoch_metrics",
     "find_train_data",
     "nonfinite_error",
@@ -68,34 +65,6 @@ def find_train_data(trainer: pl.Trainer) -> TrainData | None:
     if batch_size is None and loader.batch_sampler is not None:
         batch_size = getattr(loader.batch_sampler, "batch_size", None)
     return TrainData(dataset, n, batch_size, loader.collate_fn)
-
-
-def _tensor_bytes(item: Any, out: list[bytes]) -> None:
-    if isinstance(item, Tensor):
-        out.append(item.detach().cpu().contiguous().numpy().tobytes())
-    elif isinstance(item, np.ndarray):
-        out.append(np.ascontiguousarray(item).tobytes())
-    elif isinstance(item, bool | int | float | str):
-        out.append(repr(item).encode())
-    elif isinstance(item, dict):
-        for key in sorted(item, key=str):
-            out.append(str(key).encode())
-            _tensor_bytes(item[key], out)
-    elif isinstance(item, tuple | list):
-        for x in item:
-            _tensor_bytes(x, out)
-
-
-def dataset_fingerprint(dataset: Any, num_samples: int) -> str:
-    """A short hash of the data set's size and of its first, middle and last items.
-
-    Cheap (three ``__getitem__`` calls) and stable across processes; it catches a ledger being
-    resumed on another data set of the same size, not every possible change of the data.
-    """
-    parts = [str(num_samples).encode()]
-    for i in sorted({0, num_samples // 2, num_samples - 1}):
-        _tensor_bytes(dataset[i], parts)
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
 def reduce_ledger_into(trainer: pl.Trainer, pending: PrivacyLedger, target: PrivacyLedger) -> None:

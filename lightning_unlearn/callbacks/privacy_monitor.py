@@ -54,14 +54,13 @@ from lightning_unlearn.callbacks._monitor_config import (
 from lightning_unlearn.callbacks._monitor_sweep import run_sweep
 from lightning_unlearn.callbacks._monitor_utils import (
     WorstCaseAccountant,
-    dataset_fingerprint,
     epoch_metrics,
     nonfinite_error,
     plan_run,
     reduce_ledger_into,
     write_histograms,
 )
-from lightning_unlearn.data import get_sample_ids
+from lightning_unlearn.data import dataset_fingerprint, get_sample_ids
 from lightning_unlearn.grad_norms import GradSampleMode, LossReduction, NormHooks, attach_norm_hooks
 
 __all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]

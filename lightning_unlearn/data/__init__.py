@@ -1,5 +1,6 @@
 """Data utilities: sample ids that travel with every batch, splits and bundled data modules."""
 
+from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.data.indexed import (
     SAMPLE_ID_KEY,
     IndexedDataset,
@@ -23,6 +24,7 @@ __all__ = [
     "ForgetRetainDataModule",
     "IndexedDataset",
     "TensorSplitDataModule",
+    "dataset_fingerprint",
     "get_sample_ids",
     "indexed_item_type",
     "read_idx",

@@ -14,7 +14,7 @@ from lightning_unlearn.accounting import (
     forget_set_privacy_loss,
     unlearning_steps,
 )
-from lightning_unlearn.callbacks._monitor_utils import dataset_fingerprint
+from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.data.splits import ForgetRetainDataModule, validate_forget_ids
 from lightning_unlearn.errors import LedgerMismatchError
 
