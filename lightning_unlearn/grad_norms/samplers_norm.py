@@ -45,6 +45,16 @@ def _affine_norms(
     return out
 
 
+def _per_channel_affine_norms(
+    layer: nn.GroupNorm | nn.modules.instancenorm._InstanceNorm, xhat: Tensor, g: Tensor
+) -> dict[Tensor, Tensor]:
+    """Norms of a per-channel affine layer (``[B, C, *]``: GroupNorm, InstanceNorm)."""
+    b, c = xhat.shape[0], xhat.shape[1]
+    return _affine_norms(
+        layer.weight, layer.bias, xhat.reshape(b, c, -1), g.reshape(b, c, -1), dim=2
+    )
+
+
 def group_norm_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:
@@ -67,17 +77,9 @@ def group_norm_norm_sample(
         True
     """
     assert isinstance(layer, nn.GroupNorm)
-    g = backprops
-    x = activations[0].to(g.dtype)
-    b, c = x.shape[0], x.shape[1]
+    x = activations[0].to(backprops.dtype)
     xhat = F.group_norm(x, layer.num_groups, eps=layer.eps)
-    return _affine_norms(
-        layer.weight,
-        layer.bias,
-        xhat.reshape(b, c, -1),
-        g.reshape(b, c, -1),
-        dim=2,
-    )
+    return _per_channel_affine_norms(layer, xhat, backprops)
 
 
 def instance_norm_norm_sample(
@@ -98,17 +100,8 @@ def instance_norm_norm_sample(
         ``{param: norms[B]}`` for each parameter that requires grad.
     """
     assert isinstance(layer, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
-    g = backprops
-    x = activations[0].to(g.dtype)
-    b, c = x.shape[0], x.shape[1]
-    xhat = F.instance_norm(x, eps=layer.eps)
-    return _affine_norms(
-        layer.weight,
-        layer.bias,
-        xhat.reshape(b, c, -1),
-        g.reshape(b, c, -1),
-        dim=2,
-    )
+    x = activations[0].to(backprops.dtype)
+    return _per_channel_affine_norms(layer, F.instance_norm(x, eps=layer.eps), backprops)
 
 
 def layer_norm_norm_sample(
