@@ -63,6 +63,8 @@ from typing import Any
 MODELS = ("mlp", "cnn", "text")
 METHODS = (
     "plain",
+    "monitor-fused",
+    "fused-norms",
     "monitor-ghost",
     "monitor-hooks",
     "monitor-functorch",
@@ -278,6 +280,25 @@ def worker(
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
             self.hooks.cleanup()
 
+    class PackageHooks(Callback):
+        """``attach_norm_hooks(mode=...)`` of this package; norms formed every step, no ledger."""
+
+        def __init__(self, mode: str) -> None:
+            self.mode = mode
+            self.norms: torch.Tensor | None = None
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            from lightning_unlearn.grad_norms import attach_norm_hooks
+
+            self.hooks = attach_norm_hooks(pl_module.net, self.mode)  # type: ignore[arg-type]
+
+        def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+            self.norms = self.hooks.per_sample_norms()
+            self.hooks.clear()
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            self.hooks.detach()
+
     class VmapPass(Callback):
         """An extra torch.func pass: per-example gradients by vmap(grad), then their norms."""
 
@@ -302,6 +323,8 @@ def worker(
         callbacks.append(
             PerInstancePrivacyMonitor(noise_multiplier=1.0, grad_sample_mode=method.split("-")[1])
         )
+    elif method == "fused-norms":
+        callbacks.append(PackageHooks("fused"))
     elif method in ("ghost-samplers", "opacus-ghost"):
         callbacks.append(DirectOpacus("ghost"))
     elif method == "ghost-sum":

@@ -49,7 +49,7 @@ __all__ = [
     "find_unsupported_modules",
 ]
 
-GradSampleMode = Literal["ghost", "hooks", "functorch"]
+GradSampleMode = Literal["fused", "ghost", "hooks", "functorch"]
 LossReduction = Literal["mean", "sum"]
 
 # Attribute set on a module while hooks are attached (attaching twice is an error, STYLE §4).
@@ -159,6 +159,8 @@ class NormHooks:
             >>> hooks.detach()
         """
         self._check_attached()
+        if self.mode == "fused":
+            return self._fused_norms()
         sq_terms: list[Tensor] = []
         for p in self._parameters:
             sq = self._param_sq_norms(p)
@@ -190,6 +192,19 @@ class NormHooks:
             norms = norms * batch_size
         return norms
 
+    def _fused_norms(self) -> Tensor:
+        sq = self._opacus_hooks.sq
+        if sq is None:
+            raise NormHooksError(
+                "Expected per-sample gradients from a backward pass, but none were recorded. "
+                "Call `per_sample_norms()` after `loss.backward()` on a forward pass made in "
+                "training mode (`module.train()`) with gradients enabled, and before `clear()`."
+            )
+        norms = sq.sqrt()  # a sum of squares: never negative
+        if self.loss_reduction == "mean":
+            norms.mul_(sq.shape[0])  # the hooks saw the gradients of (1/B) * loss_i
+        return norms
+
     def _param_sq_norms(self, p: nn.Parameter) -> Tensor | None:
         """Squared per-sample norm of one parameter's gradient, or None if it took no part."""
         if self.mode == "ghost":
@@ -216,6 +231,9 @@ class NormHooks:
         parameter takes no part in it. The monitor calls this after every read.
         """
         self._check_attached()
+        if self.mode == "fused":
+            self._opacus_hooks.clear()
+            return
         for p in self._parameters:
             for attr in _PARAM_ATTRS:
                 if hasattr(p, attr):
@@ -373,10 +391,19 @@ def attach_norm_hooks(
     warnings.filterwarnings("ignore", message=_FULL_HOOK_WARNING, category=UserWarning)
     excluded_ids = {id(p) for _, m in unsupported for p in m.parameters(recurse=False)}
     excluded_names = [n for n, p in module.named_parameters() if id(p) in excluded_ids]
-    if mode == "ghost":
+    if mode in ("ghost", "fused"):
         from lightning_unlearn.grad_norms.samplers import register_norm_samplers
 
         register_norm_samplers()
+    if mode == "fused":
+        from lightning_unlearn.grad_norms.fused import FusedNormEngine
+
+        engine = FusedNormEngine(module, excluded_ids)
+        parameters = [
+            p for p in module.parameters() if p.requires_grad and id(p) not in excluded_ids
+        ]
+        module.__dict__[_MARKER] = True
+        return NormHooks(module, engine, parameters, mode, loss_reduction, excluded_names)
 
     with _frozen(p for _, m in unsupported for p in m.parameters(recurse=False)):
         parameters = [p for p in module.parameters() if p.requires_grad]

@@ -10,7 +10,7 @@ from lightning_unlearn.errors import NormHooksError, UnsupportedLayerError
 from lightning_unlearn.grad_norms import attach_norm_hooks, find_unsupported_modules
 from tests.grad_norms._models import MODEL_NAMES, build_net, digits_inputs, loop_sq_norms
 
-MODES = ("ghost", "hooks", "functorch")
+MODES = ("fused", "ghost", "hooks", "functorch")
 
 
 @pytest.mark.parametrize("mode", MODES)
