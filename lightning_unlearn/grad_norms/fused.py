@@ -17,8 +17,9 @@ the leaf layers of a module (no wrapping: identity, class, ``state_dict`` keys u
   layer output, without touching the layer's backward;
 * calls the norm samplers registered with Opacus (``opacus.grad_sample.register_norm_sampler``:
   this package's for Linear on sequences, Embedding, LayerNorm, InstanceNorm, RMSNorm, and any
-  registered by the user) from the same tensor hook, and Opacus' per-sample gradient samplers
-  (``register_grad_sampler``) for any other layer type Opacus supports.
+  registered by the user) from the same tensor hook, Opacus' per-sample gradient samplers
+  (``register_grad_sampler``) for the other layer types Opacus supports, and Opacus' torch.func
+  fall-back for any other layer without buffers (as Opacus' ghost mode does).
 
 All of it is THEORY §1's per-example gradient ``g_x(theta_t)`` (of the example's own loss, before
 clipping), combined over layers as ``||g_i||^2 = sum_p ||grad_p l_i||^2``. The per-layer rules
@@ -28,8 +29,8 @@ rounding (the sum over examples is taken in another order).
 
 Limits (each raises a named error rather than giving a wrong norm): a layer called twice in one
 forward pass, or a parameter shared by two layers (tied weights), since the per-example gradient
-is then the sum of two contributions; layer types with neither a rule here nor an Opacus
-sampler. Hooks attached after ``torch.compile`` are ignored by the compiled graph, as for Opacus.
+is then the sum of two contributions; layers with buffers and no norm rule. Hooks attached after
+``torch.compile`` are ignored by the compiled graph, as for Opacus.
 """
 
 from __future__ import annotations
@@ -252,6 +253,7 @@ class FusedNormEngine:
         self.sq: Tensor | None = None
         self._called: set[int] = set()
         self._handles: list[RemovableHandle] = []
+        self._functorch_layers: list[nn.Module] = []
         from opacus.grad_sample import GradSampleModule
         from opacus.grad_sample import GradSampleModuleFastGradientClipping as Ghost
 
@@ -288,10 +290,9 @@ class FusedNormEngine:
             raise UnsupportedLayerError(
                 "Expected layers with a per-sample norm rule, but got "
                 + ", ".join(missing)
-                + ": the 'fused' engine knows Linear, Conv1d/2d/3d, Embedding, GroupNorm, "
-                "LayerNorm, InstanceNorm, RMSNorm and the layers Opacus has norm or grad "
-                "samplers for. Register one with `opacus.grad_sample.register_norm_sampler`, "
-                "or use `mode='ghost'` (Opacus falls back to functorch)."
+                + ": they hold buffers, so neither a norm rule nor the torch.func fall-back "
+                "applies. Register a norm sampler for the type with "
+                "`opacus.grad_sample.register_norm_sampler`, or freeze the layer's parameters."
             )
         for layer, handler in plan:
             self._handles.append(layer.register_forward_hook(handler))
@@ -320,6 +321,9 @@ class FusedNormEngine:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for layer in self._functorch_layers:  # set by Opacus' functorch fall-back
+            layer.__dict__.pop("ft_compute_sample_grad", None)
+        self._functorch_layers.clear()
         self.clear()
 
     def _enter(self, layer: nn.Module, out: Any) -> bool:
@@ -355,6 +359,16 @@ class FusedNormEngine:
             return self._sampler_handler(norm_samplers[type(layer)], materialised=False)
         if type(layer) in grad_samplers:
             return self._sampler_handler(grad_samplers[type(layer)], materialised=True)
+        if not any(True for _ in layer.buffers()):
+            # Any other layer: Opacus' torch.func fall-back redoes the layer's forward per
+            # example (materialised, slower, exact), as Opacus' own ghost mode does.
+            from opacus.grad_sample.functorch import ft_compute_per_sample_gradient, prepare_layer
+
+            # Prepared now, before the hook exists: Opacus builds the per-example function from
+            # a copy of the layer, which must not carry this engine's hook.
+            prepare_layer(layer)
+            self._functorch_layers.append(layer)
+            return self._sampler_handler(ft_compute_per_sample_gradient, materialised=True)
         return None
 
     def _linear(self, layer: nn.Module, inputs: tuple[Any, ...], out: Any) -> Tensor | None:

@@ -1,4 +1,5 @@
-"""Attach Opacus per-sample gradient-norm hooks to a module without wrapping it.
+"""Attach per-sample gradient-norm hooks (this package's or Opacus') to a module without
+wrapping it.
 
 The per-instance privacy loss of THEORY §1-§3 depends on each example's own gradient
 :math:`g_x(\\theta_t)` only through its norm. Opacus (>= 1.6) can attach its hooks to a module
@@ -19,10 +20,16 @@ the backward pass. The materialising modes let Opacus undo the mean itself.
 
 Modes (``mode``):
 
-* ``"ghost"`` (default): norm samplers compute per-layer norms inside the backward pass without
-  materialising per-sample gradients where a sampler exists (Linear, Embedding, and the layers
-  registered by :mod:`lightning_unlearn.grad_norms.samplers`); other layers fall back to
-  materialising their own per-sample gradients.
+* ``"fused"`` (default): this package's own light hooks (:mod:`lightning_unlearn.grad_norms.fused`).
+  Convolutions and sequence ``nn.Linear`` layers form every example's weight gradient once and
+  take both the norms and ``p.grad`` (their sum) from it; 2-d ``nn.Linear`` and ``nn.GroupNorm``
+  norms come from what the ordinary backward pass already holds; every other layer goes through
+  the norm samplers registered with Opacus, Opacus' grad samplers or its torch.func fall-back.
+  The fastest mode (``docs/performance.md``); ``p.grad`` equals torch's up to float rounding.
+* ``"ghost"``: Opacus' ghost hooks and norm samplers compute per-layer norms inside the
+  backward pass without materialising per-sample gradients where a sampler exists (Linear,
+  Embedding, and the layers registered by :mod:`lightning_unlearn.grad_norms.samplers`); other
+  layers fall back to materialising their own per-sample gradients.
 * ``"hooks"``: Opacus' per-layer grad samplers materialise ``p.grad_sample`` for every
   parameter; the norms are taken from them.
 * ``"functorch"``: ``torch.func.vmap(grad(...))`` per layer for every layer.
@@ -95,7 +102,7 @@ class NormHooks:
 
     Attributes:
         module: the module the hooks are attached to (unchanged, not wrapped).
-        mode: ``"ghost"``, ``"hooks"`` or ``"functorch"``.
+        mode: ``"fused"``, ``"ghost"``, ``"hooks"`` or ``"functorch"``.
         loss_reduction: ``"mean"`` or ``"sum"``, how the loss was reduced over the batch.
         excluded_parameter_names: names of trainable parameters left out of the norm
             (``exclude_unsupported=True``).
@@ -284,7 +291,7 @@ class NormHooks:
 
 def attach_norm_hooks(
     module: nn.Module,
-    mode: GradSampleMode = "ghost",
+    mode: GradSampleMode = "fused",
     *,
     loss_reduction: LossReduction = "mean",
     strict: bool = True,
@@ -303,7 +310,8 @@ def attach_norm_hooks(
     Args:
         module: the module (e.g. a ``LightningModule``) whose parameters' per-sample gradient
             norms are wanted. Layers must take batch-first inputs.
-        mode: ``"ghost"`` (default), ``"hooks"`` or ``"functorch"`` (see the module docstring).
+        mode: ``"fused"`` (default), ``"ghost"``, ``"hooks"`` or ``"functorch"`` (see the module
+            docstring).
         loss_reduction: ``"mean"`` if the loss is averaged over the batch (the default), or
             ``"sum"``. Must match the loss, or the norms come out B times too large or small.
         strict: if True, trainable layers with buffers (``BatchNorm``) raise
@@ -330,7 +338,7 @@ def attach_norm_hooks(
         >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-        >>> hooks = attach_norm_hooks(net)  # ghost mode
+        >>> hooks = attach_norm_hooks(net)  # "fused" mode
         >>> x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
         >>> nn.functional.cross_entropy(net(x), y).backward()
         >>> hooks.per_sample_norms().shape
