@@ -49,6 +49,7 @@ def check_arguments(
     loss_reduction: str,
     delta: float,
     num_samples: int | None,
+    flush_every: int,
 ) -> None:
     """Validate the monitor's scalar arguments.
 
@@ -68,6 +69,11 @@ def check_arguments(
         isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
     ):
         raise ValueError(f"Expected `num_samples` to be an integer >= 1, but got {num_samples!r}.")
+    if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+        raise ValueError(
+            f"Expected `flush_every` to be an integer >= 1 (1 adds every step to the ledger at "
+            f"once), but got {flush_every!r}."
+        )
 
 
 def check_state_version(state_dict: Any, owner: str) -> None:

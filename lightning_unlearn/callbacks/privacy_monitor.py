@@ -12,10 +12,12 @@ Per backward pass (automatic or manual optimisation) the monitor:
    ``accumulate_grad_batches`` (automatic optimisation only) and the fp16 ``GradScaler`` scale;
    bf16 norms are promoted to float32; ``loss_reduction`` tells Opacus how the loss was reduced;
 3. turns norms into ratios ``r`` with :class:`~lightning_unlearn.accounting.NoiseConfig`
-   (the learning rate comes from the first optimizer's first param group);
-4. adds the per-step loss (THEORY §2) to the ledger, weighted by ``1/q`` for the online estimator
-   (THEORY §3). The sweep estimator instead recomputes the norms of the tracked examples every
-   ``sweep_every`` optimizer steps and adds ``sweep_every * eps``.
+   (the learning rate of this step comes from the first optimizer's first param group) and
+   buffers ``(ids, r, norms)``;
+4. every ``flush_every`` backward passes, and before anything reads or saves the ledger, adds
+   the buffered steps' per-step losses (THEORY §2), weighted by ``1/q`` for the online estimator
+   (THEORY §3), in one batched update. The sweep estimator instead recomputes the norms of the
+   tracked examples every ``sweep_every`` optimizer steps and adds ``sweep_every * eps``.
 
 Nothing in this path synchronises with the device.
 """
@@ -53,11 +55,14 @@ from lightning_unlearn.callbacks._monitor_config import (
 )
 from lightning_unlearn.callbacks._monitor_sweep import run_sweep
 from lightning_unlearn.callbacks._monitor_utils import (
+    StepBuffer,
     WorstCaseAccountant,
     epoch_metrics,
     nonfinite_error,
     plan_run,
     reduce_ledger_into,
+    step_rdp_in_pieces,
+    update_in_step_order,
     write_histograms,
 )
 from lightning_unlearn.data import dataset_fingerprint, get_sample_ids
@@ -114,6 +119,14 @@ class PerInstancePrivacyMonitor(Callback):
         exclude_unsupported: leave BatchNorm-like layers out of the norm (see
             :func:`~lightning_unlearn.grad_norms.attach_norm_hooks`).
         log_histograms: write TensorBoard histograms every epoch.
+        flush_every: backward passes whose ``(ids, r, norms)`` are buffered on the device
+            before the per-step loss of THEORY §2 and the ledger update run once over all of
+            them (default 32; 1: at every step). Each step then only forms its ratios (with its
+            own learning rate and batch); the fixed cost of those calls (a few dozen tensor
+            operations, kernel launches on an accelerator) is paid once per flush. The ledger
+            is the same for every value: the buffer is also flushed at every epoch end, before
+            every checkpoint, sweep and read of :attr:`ledger`, at the end of training and on
+            an exception. It holds ``flush_every`` batches of ids, ratios and norms.
 
     Raises:
         ValueError: on an invalid argument; the message names it.
@@ -145,6 +158,7 @@ class PerInstancePrivacyMonitor(Callback):
         num_samples: int | None = None,
         exclude_unsupported: bool = False,
         log_histograms: bool = True,
+        flush_every: int = 32,
     ) -> None:
         self.noise = NoiseConfig(convention, float(noise_multiplier), max_grad_norm)
         self.alphas = validate_alphas(alphas)
@@ -156,6 +170,7 @@ class PerInstancePrivacyMonitor(Callback):
             loss_reduction=loss_reduction,
             delta=delta,
             num_samples=num_samples,
+            flush_every=flush_every,
         )
         self.sample_rate = None if sample_rate is None else float(sample_rate)
         self.estimator: Estimator = estimator
@@ -170,6 +185,7 @@ class PerInstancePrivacyMonitor(Callback):
         self.num_samples = num_samples
         self.exclude_unsupported = exclude_unsupported
         self.log_histograms = log_histograms
+        self.flush_every = flush_every
 
         self._ledger: PrivacyLedger | None = None
         self._pending: PrivacyLedger | None = None  # per-rank additions since the last reduction
@@ -187,6 +203,8 @@ class PerInstancePrivacyMonitor(Callback):
         self._last_sweep = 0
         self._worst = WorstCaseAccountant(self.noise, self.alphas)
         self._first_batch = True
+        self._buffer = StepBuffer()  # steps not yet added to the ledger (`_flush`)
+        self._custom_step_loss = False  # `per_step_loss` overridden: buffer losses, not ratios
 
     # ------------------------------------------------------------------ public
     @property
@@ -198,7 +216,15 @@ class PerInstancePrivacyMonitor(Callback):
     def ledger(self) -> PrivacyLedger:
         """The :class:`~lightning_unlearn.accounting.PrivacyLedger` (available once training
         starts; under ``ddp_spawn`` the parent process's copy is not updated: read
-        ``save_dir/privacy_ledger.pt`` or the checkpoint instead)."""
+        ``save_dir/privacy_ledger.pt`` or the checkpoint instead).
+
+        Reading it adds the buffered steps first (see ``flush_every``), so mid-training it holds
+        every step so far (under DDP: up to the last reduction, every epoch end and checkpoint).
+        """
+        self._flush()
+        return self._require_ledger()
+
+    def _require_ledger(self) -> PrivacyLedger:
         if self._ledger is None:
             raise RuntimeError(
                 "Expected a ledger, but training has not started: `monitor.ledger` exists once "
@@ -228,6 +254,9 @@ class PerInstancePrivacyMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush()  # nothing should be left, but never carry steps into another ledger
+        method = getattr(self.per_step_loss, "__func__", None)
+        self._custom_step_loss = method is not PerInstancePrivacyMonitor.per_step_loss
         plan = plan_run(
             trainer, pl_module.automatic_optimization, self.num_samples, self.sample_rate
         )
@@ -287,7 +316,7 @@ class PerInstancePrivacyMonitor(Callback):
         # on_after_backward gets no batch: keep the ids of this one (PLATFORM.md).
         ids = get_sample_ids(batch, self.sample_id_fn)
         if self._first_batch or ids.device.type == "cpu":
-            n = self.ledger.num_samples
+            n = self._require_ledger().num_samples
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
                 raise ValueError(
                     f"Expected sample ids in [0, {n}), but got ids in [{int(ids.min())}, "
@@ -337,24 +366,50 @@ class PerInstancePrivacyMonitor(Callback):
             self._nonfinite |= ~finite.all()
 
     def _record(self, trainer: pl.Trainer, ids: Tensor, norms: Tensor) -> None:
-        target = self._pending if self._pending is not None else self.ledger
-        if self.estimator == "sweep":
-            rdp = norms.new_zeros((norms.shape[0], len(self.alphas)), dtype=torch.float64)
-        else:
+        """Buffer one step; what depends on the step (lr, batch) is evaluated now."""
+        values: Tensor | None = None  # sweep estimator: counts and norms only
+        if self.estimator == "online":
             # The global batch of this step (a short last batch included), for "sgld".
             batch = ids.shape[0] * trainer.world_size * self._accum
-            rdp = self.per_step_loss(norms, trainer, batch) * (1.0 / self._q)
+            if self._custom_step_loss:  # its semantics are per step: call it per step
+                values = self.per_step_loss(norms, trainer, batch) * (1.0 / self._q)
+            else:
+                values = self.noise.ratios(norms, lr=_step_lr(trainer), batch_size=batch)
+        self._buffer.append(ids, values, norms)
+        if len(self._buffer) >= self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the buffered steps to the ledger (``_pending`` under DDP) in one update.
+
+        The same rows as one update per step: the per-step loss is elementwise in the ratios,
+        sums do not depend on the order and ``last_norm`` takes the last row of each id.
+        """
+        target = self._pending if self._pending is not None else self._ledger
+        drained = self._buffer.drain() if target is not None else None
+        if drained is None or target is None:
+            return
+        ids, values, norms = drained
+        if values is None:
+            rdp = norms.new_zeros((norms.shape[0], len(self.alphas)), dtype=torch.float64)
+        else:
+            rdp = (
+                values
+                if self._custom_step_loss
+                else step_rdp_in_pieces(values, self._q, self.alphas) * (1.0 / self._q)
+            )
             if self._tracked is not None:
                 rdp = rdp * self._tracked[ids].unsqueeze(1)
-        target.update(ids, rdp, norms)
+        update_in_step_order(target, ids, rdp, norms)
 
     def per_step_loss(self, norms: Tensor, trainer: pl.Trainer, batch_size: int) -> Tensor:
         """Per-step per-instance Rényi loss of ``norms`` (THEORY §1-§2), ``[B, K]`` float64.
 
-        Overridable, e.g. for a learning-rate dependent convention of your own.
+        Overridable, e.g. for a learning-rate dependent convention of your own. An override is
+        called once per backward pass (and per sweep batch); the default is evaluated in
+        batches of ``flush_every`` steps, from each step's ratios.
         """
-        lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
-        ratios = self.noise.ratios(norms, lr=lr, batch_size=batch_size)
+        ratios = self.noise.ratios(norms, lr=_step_lr(trainer), batch_size=batch_size)
         return per_step_rdp(ratios, self._q, self.alphas)
 
     @override
@@ -382,6 +437,7 @@ class PerInstancePrivacyMonitor(Callback):
 
     def _sweep(self, trainer: pl.Trainer, pl_module: pl.LightningModule, weight: int) -> None:
         assert self._hooks is not None
+        self._flush()
         if self._data is None:
             raise ValueError(
                 "Expected a single map-style training DataLoader for `estimator='sweep'`, but "
@@ -411,6 +467,7 @@ class PerInstancePrivacyMonitor(Callback):
 
     # ------------------------------------------------------------------ synchronisation
     def _sync(self, trainer: pl.Trainer) -> None:
+        self._flush()
         if self._pending is not None and self._ledger is not None:
             reduce_ledger_into(trainer, self._pending, self._ledger)
         self._check_finite(trainer)
@@ -446,12 +503,14 @@ class PerInstancePrivacyMonitor(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush()
         if self.estimator == "sweep" and self._steps > self._last_sweep:
             self._sweep(trainer, pl_module, self._steps - self._last_sweep)
         self._sync(trainer)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush()
         if self.save_dir is None or self._ledger is None or not trainer.is_global_zero:
             return
         self._ledger.metadata = {**self._ledger.metadata, **self._run_summary()}
@@ -467,13 +526,25 @@ class PerInstancePrivacyMonitor(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._flush()
         self._detach()
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._detach()
+        # Keep the steps observed before the exception in the in-memory ledger. Lightning
+        # re-raises `exception`; a second error from the flush must not replace it.
+        steps = len(self._buffer)
+        try:
+            self._flush()
+        except Exception as err:
+            rank_zero_warn(
+                f"The {steps} buffered steps could not be added to the privacy ledger after the "
+                f"exception ({err!r}); the ledger lacks them."
+            )
+        finally:
+            self._detach()
 
     def _detach(self) -> None:
         if self._hooks is not None:
@@ -505,6 +576,7 @@ class PerInstancePrivacyMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self._flush()  # the checkpoint layout has no buffer: it is always empty when saved
         return {
             "version": MONITOR_STATE_VERSION,
             "ledger": None if self._ledger is None else self._ledger.state_dict(),
@@ -533,3 +605,8 @@ class PerInstancePrivacyMonitor(Callback):
 
     def _check_resume(self, saved: dict[str, Any], what: str) -> None:
         check_resume(saved, self.ledger.metadata, what)
+
+
+def _step_lr(trainer: pl.Trainer) -> float | None:
+    """The learning rate of the current step: the first optimizer's first param group."""
+    return float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
