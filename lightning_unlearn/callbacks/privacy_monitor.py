@@ -106,7 +106,9 @@ class PerInstancePrivacyMonitor(Callback):
         sweep_every: sweep period K in optimizer steps (``estimator="sweep"``).
         track_ids: ids whose privacy losses are accumulated (default: all). Counts and norms
             are recorded for every trained example.
-        grad_sample_mode: ``"ghost"`` (default), ``"hooks"`` or ``"functorch"``.
+        grad_sample_mode: ``"fused"`` (default: the fastest, this package's own hooks),
+            ``"ghost"`` (Opacus' ghost hooks), ``"hooks"`` or ``"functorch"``; see
+            :func:`~lightning_unlearn.grad_norms.attach_norm_hooks`.
         delta: ``delta`` of the logged and exported epsilons (THEORY §4).
         save_dir: if set, rank 0 writes ``privacy_ledger.pt`` and ``privacy_ledger.csv`` there at
             the end of ``fit``.
@@ -148,7 +150,7 @@ class PerInstancePrivacyMonitor(Callback):
         estimator: Estimator = "online",
         sweep_every: int = 100,
         track_ids: Sequence[int] | Tensor | None = None,
-        grad_sample_mode: GradSampleMode = "ghost",
+        grad_sample_mode: GradSampleMode = "fused",
         delta: float = 1e-5,
         save_dir: str | os.PathLike[str] | None = None,
         sample_id_fn: Callable[[Any], Tensor] | None = None,
