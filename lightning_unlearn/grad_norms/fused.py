@@ -98,7 +98,7 @@ class _FusedConv(torch.autograd.Function):
     whose norms go to the engine."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Tensor,
@@ -114,7 +114,7 @@ class _FusedConv(torch.autograd.Function):
         return holder[0]
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         layer: _ConvNd = ctx.layer
         engine: FusedNormEngine = ctx.engine
@@ -160,7 +160,7 @@ class _FusedLinear(torch.autograd.Function):
     sends their norms to the engine and returns their sum as the weight gradient."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Tensor,
@@ -174,7 +174,7 @@ class _FusedLinear(torch.autograd.Function):
         return holder[0]
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         xc = x if x.dtype == g.dtype else x.to(g.dtype)
         wc = weight if weight.dtype == g.dtype else weight.to(g.dtype)
@@ -382,8 +382,8 @@ class FusedNormEngine:
             if layer.weight.requires_grad and positions * (d_in + d_out) >= d_in * d_out:
                 # Instantiating [B, d_out, d_in] is no dearer than the Gram form: fuse it with
                 # the weight gradient, which it then replaces.
-                bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
-                fused: Tensor = _FusedLinear.apply(x, layer.weight, bias, [out.detach()], self)
+                b = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
+                fused: Tensor = _FusedLinear.apply(x, layer.weight, b, [out.detach()], self)
                 return fused
             from lightning_unlearn.grad_norms.samplers import NORM_SAMPLERS
 
