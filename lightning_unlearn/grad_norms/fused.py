@@ -18,8 +18,8 @@ the leaf layers of a module (no wrapping: identity, class, ``state_dict`` keys u
 * calls the norm samplers registered with Opacus (``opacus.grad_sample.register_norm_sampler``:
   this package's for Linear on sequences, Embedding, LayerNorm, InstanceNorm, RMSNorm, and any
   registered by the user) from the same tensor hook, Opacus' per-sample gradient samplers
-  (``register_grad_sampler``) for the other layer types Opacus supports, and Opacus' torch.func
-  fall-back for any other layer without buffers (as Opacus' ghost mode does).
+  (``register_grad_sampler``) for the other layer types Opacus supports, and a ``torch.func``
+  fall-back (the layer re-run per example under ``vmap``) for any other layer without buffers.
 
 All of it is THEORY §1's per-example gradient ``g_x(theta_t)`` (of the example's own loss, before
 clipping), combined over layers as ``||g_i||^2 = sum_p ||grad_p l_i||^2``. The per-layer rules
@@ -28,8 +28,10 @@ are exact; every one is checked against a loop of batch-size-1 backward passes i
 rounding (the sum over examples is taken in another order).
 
 Limits (each raises a named error rather than giving a wrong norm): a layer called twice in one
-forward pass, or a parameter shared by two layers (tied weights), since the per-example gradient
-is then the sum of two contributions; layers with buffers and no norm rule. Hooks attached after
+forward pass, a parameter shared by two layers (tied weights), or a second backward pass through
+one forward pass (``retain_graph``; refused when the norms are read), since the per-example
+gradient is then a sum of contributions whose norm per-contribution norms do not give; layers
+with buffers and no norm rule. Hooks attached after
 ``torch.compile`` are ignored by the compiled graph, as for Opacus.
 """
 
@@ -110,6 +112,7 @@ class _FusedConv(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.layer, ctx.padding, ctx.engine = layer, padding, engine
+        ctx.fired = [False]
         ctx.has_bias = bias is not None
         return holder[0]
 
@@ -150,7 +153,7 @@ class _FusedConv(torch.autograd.Function):
             gbf = gb.to(sq.dtype)
             sq = sq + (gbf * gbf).sum(1)
             grad_b = gb.sum(0).to(weight.dtype)
-        engine._add(sq)
+        engine._add(sq, ctx.fired)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -170,6 +173,7 @@ class _FusedLinear(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.engine = engine
+        ctx.fired = [False]
         ctx.has_bias = bias is not None
         return holder[0]
 
@@ -191,7 +195,7 @@ class _FusedLinear(torch.autograd.Function):
             gbf = gb.to(acc)
             sq = sq + (gbf * gbf).sum(1)
             grad_b = gb.sum(0).to(weight.dtype)
-        ctx.engine._add(sq)
+        ctx.engine._add(sq, ctx.fired)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -251,9 +255,10 @@ class FusedNormEngine:
 
     def __init__(self, module: nn.Module, excluded: set[int]) -> None:
         self.sq: Tensor | None = None
+        self.repeated = False  # a second backward pass reached a traced layer call
+        self._replaying = False  # inside the torch.func fall-back: hooks stand aside
         self._called: set[int] = set()
         self._handles: list[RemovableHandle] = []
-        self._functorch_layers: list[nn.Module] = []
         from opacus.grad_sample import GradSampleModule
         from opacus.grad_sample import GradSampleModuleFastGradientClipping as Ghost
 
@@ -298,7 +303,15 @@ class FusedNormEngine:
             self._handles.append(layer.register_forward_hook(handler))
 
     # ------------------------------------------------------------------ state
-    def _add(self, sq: Tensor) -> None:
+    def _add(self, sq: Tensor, fired: list[bool]) -> None:
+        """Add one layer call's squared norms; ``fired`` is that call's own flag, so a second
+        backward pass through the same forward (``retain_graph``, or ``autograd.grad`` before
+        ``backward``) is noticed: the norm of a sum of per-example gradients is not the sum of
+        their squared norms, so the pass is refused when the norms are read."""
+        if fired[0]:
+            self.repeated = True
+            return
+        fired[0] = True
         current = self.sq
         if current is None:
             self.sq = sq
@@ -314,6 +327,7 @@ class FusedNormEngine:
     def clear(self) -> None:
         """Forget the norms of the last pass and which layers were called."""
         self.sq = None
+        self.repeated = False
         self._called.clear()
 
     def cleanup(self) -> None:
@@ -321,14 +335,11 @@ class FusedNormEngine:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for layer in self._functorch_layers:  # set by Opacus' functorch fall-back
-            layer.__dict__.pop("ft_compute_sample_grad", None)
-        self._functorch_layers.clear()
         self.clear()
 
     def _enter(self, layer: nn.Module, out: Any) -> bool:
         """Whether ``layer``'s call should be traced; raises on a second call in one pass."""
-        if not (layer.training and torch.is_grad_enabled()):
+        if self._replaying or not (layer.training and torch.is_grad_enabled()):
             return False
         if not isinstance(out, Tensor) or not out.requires_grad:
             return False
@@ -360,15 +371,9 @@ class FusedNormEngine:
         if type(layer) in grad_samplers:
             return self._sampler_handler(grad_samplers[type(layer)], materialised=True)
         if not any(True for _ in layer.buffers()):
-            # Any other layer: Opacus' torch.func fall-back redoes the layer's forward per
+            # Any other layer: a torch.func fall-back redoes the layer's forward per
             # example (materialised, slower, exact), as Opacus' own ghost mode does.
-            from opacus.grad_sample.functorch import ft_compute_per_sample_gradient, prepare_layer
-
-            # Prepared now, before the hook exists: Opacus builds the per-example function from
-            # a copy of the layer, which must not carry this engine's hook.
-            prepare_layer(layer)
-            self._functorch_layers.append(layer)
-            return self._sampler_handler(ft_compute_per_sample_gradient, materialised=True)
+            return self._sampler_handler(self._torch_func_sampler, materialised=True)
         return None
 
     def _linear(self, layer: nn.Module, inputs: tuple[Any, ...], out: Any) -> Tensor | None:
@@ -392,15 +397,17 @@ class FusedNormEngine:
         weight = layer.weight.requires_grad
         bias = layer.bias is not None and layer.bias.requires_grad
 
+        fired = [False]
+
         def hook(g: Tensor) -> None:
             # weight: ||g_i a_i^T|| = ||g_i|| ||a_i||; bias: ||g_i||
             acc = torch.float64 if g.dtype == torch.float64 else torch.float32
             gsq = torch.linalg.vector_norm(g, dim=1, dtype=acc).square()
             if not weight:
-                self._add(gsq if bias else torch.zeros_like(gsq))
+                self._add(gsq if bias else torch.zeros_like(gsq), fired)
                 return
             xsq = torch.linalg.vector_norm(x, dim=1, dtype=acc).square()
-            self._add(gsq * (xsq + 1.0) if bias else gsq * xsq)
+            self._add(gsq * (xsq + 1.0) if bias else gsq * xsq, fired)
 
         out.register_hook(hook)
         return None
@@ -437,6 +444,8 @@ class FusedNormEngine:
         weight = layer.weight is not None and layer.weight.requires_grad
         bias = layer.bias is not None and layer.bias.requires_grad
 
+        fired = [False]
+
         def hook(g: Tensor) -> None:
             b, c = g.shape[:2]
             gf = g.reshape(b, c, -1)
@@ -456,7 +465,7 @@ class FusedNormEngine:
                 rstd_c = rstd.reshape(b, groups, 1).expand(b, groups, per).reshape(b, c)
                 dw = (ds - db * mean_c) * rstd_c  # sum of g * x_hat: the weight gradient
                 sq = sq + (dw * dw).sum(1)
-            self._add(sq)
+            self._add(sq, fired)
 
         out.register_hook(hook)
 
@@ -464,15 +473,44 @@ class FusedNormEngine:
         def handler(layer: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
             if not self._enter(layer, out):
                 return
-            acts = [t for t in inputs if isinstance(t, Tensor)]
+            acts = (
+                list(inputs)
+                if sampler == self._torch_func_sampler
+                else [t for t in inputs if isinstance(t, Tensor)]
+            )
             self._register_sampler(layer, sampler, acts, out, materialised)
 
         return handler
+
+    def _torch_func_sampler(
+        self, layer: nn.Module, inputs: list[Any], g: Tensor
+    ) -> dict[Tensor, Tensor]:
+        """Per-example gradients of ``layer``'s own parameters by ``torch.func``: the layer
+        itself (its current mode and attributes) is re-run on each example under ``vmap``,
+        with this engine's hooks standing aside. The sampler signature of Opacus."""
+        from torch.func import functional_call, grad, vmap
+
+        own = {n: p.detach() for n, p in layer.named_parameters(recurse=False) if p.requires_grad}
+        dims = tuple(0 if isinstance(t, Tensor) else None for t in inputs)
+
+        def example_loss(params: dict[str, Tensor], go: Tensor, *args: Any) -> Tensor:
+            batched = tuple(a.unsqueeze(0) if isinstance(a, Tensor) else a for a in args)
+            out = functional_call(layer, params, batched)
+            return (out * go.unsqueeze(0)).sum()
+
+        self._replaying = True
+        try:
+            grads = vmap(grad(example_loss), in_dims=(None, 0, *dims))(own, g, *inputs)
+        finally:
+            self._replaying = False
+        named = dict(layer.named_parameters(recurse=False))
+        return {named[n]: v for n, v in grads.items()}
 
     def _register_sampler(
         self, layer: nn.Module, sampler: Any, acts: list[Tensor], out: Tensor, materialised: bool
     ) -> None:
         params = {id(p) for p in layer.parameters(recurse=False) if p.requires_grad}
+        fired = [False]
 
         def hook(g: Tensor) -> None:
             result = sampler(layer, acts, g)
@@ -484,6 +522,6 @@ class FusedNormEngine:
                 term = v.reshape(v.shape[0], -1).pow(2).sum(1) if materialised else v * v
                 sq = term if sq is None else sq + term
             if sq is not None:
-                self._add(sq)
+                self._add(sq, fired)
 
         out.register_hook(hook)

@@ -24,7 +24,7 @@ Modes (``mode``):
   Convolutions and sequence ``nn.Linear`` layers form every example's weight gradient once and
   take both the norms and ``p.grad`` (their sum) from it; 2-d ``nn.Linear`` and ``nn.GroupNorm``
   norms come from what the ordinary backward pass already holds; every other layer goes through
-  the norm samplers registered with Opacus, Opacus' grad samplers or its torch.func fall-back.
+  the norm samplers registered with Opacus, Opacus' grad samplers or a torch.func fall-back.
   The fastest mode (``docs/performance.md``); ``p.grad`` equals torch's up to float rounding.
 * ``"ghost"``: Opacus' ghost hooks and norm samplers compute per-layer norms inside the
   backward pass without materialising per-sample gradients where a sampler exists (Linear,
@@ -200,7 +200,16 @@ class NormHooks:
         return norms
 
     def _fused_norms(self) -> Tensor:
-        sq = self._opacus_hooks.sq
+        engine = self._opacus_hooks
+        if engine.repeated:
+            raise NormHooksError(
+                "Expected one backward pass per forward pass, but a second backward pass "
+                "(`retain_graph=True`, or `torch.autograd.grad` before `backward`) went through "
+                "the same forward: the per-example gradient is then a sum over passes, whose norm "
+                "the 'fused' engine cannot form from per-pass norms. Read and `clear()` the norms "
+                "after each pass, or use `mode='hooks'`."
+            )
+        sq = engine.sq
         if sq is None:
             raise NormHooksError(
                 "Expected per-sample gradients from a backward pass, but none were recorded. "

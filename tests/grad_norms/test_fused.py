@@ -539,11 +539,6 @@ def test_tied_weights_are_refused_at_attach() -> None:
     attach_norm_hooks(net, "hooks").detach()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in fused.py: Opacus' `prepare_layer` runs while the plan is built, so an attach "
-    "that then raises leaves `ft_compute_sample_grad` on the layers it had already prepared",
-)
 @pytest.mark.parametrize("error", ["tied", "buffers"])
 def test_failed_attach_leaves_the_module_as_before(error: str) -> None:
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
@@ -645,12 +640,6 @@ def test_detach_removes_every_hook_and_restores_exact_gradients() -> None:
 
 
 # ---------------------------------------------------------------------------- known gaps
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in fused.py: the torch.func fall-back is prepared from a copy of the layer made "
-    "at attach time, so a layer attached in eval mode and trained afterwards is differentiated "
-    "in eval mode (wrong norms, no error)",
-)
 def test_torch_func_fallback_follows_the_training_mode_at_call_time() -> None:
     class ModeScaled(nn.Module):
         def __init__(self) -> None:
@@ -672,12 +661,6 @@ def test_torch_func_fallback_follows_the_training_mode_at_call_time() -> None:
         torch.testing.assert_close(hooks.per_sample_norms().pow(2), reference, rtol=RTOL, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in fused.py: a second backward pass through the same forward (retain_graph, or an "
-    "input-gradient `autograd.grad` call) adds squared norms: sqrt(2) ||g_i|| instead of the norm "
-    "of the summed per-example gradient 2 ||g_i||, and no error is raised",
-)
 @pytest.mark.parametrize("first", ["retain_graph", "input_grad"])
 def test_second_backward_through_one_forward_is_exact_or_refused(first: str) -> None:
     net = _cnn().double()
