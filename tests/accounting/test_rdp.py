@@ -127,7 +127,9 @@ def test_zero_at_zero_ratio(q: float) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(r=st.floats(0.0, 10.0), alpha=st.integers(2, 128))
+# r = 0 or r >= 1e-100: below that r * r is subnormal and the reference `alpha * r * r / 2`,
+# evaluated in another order in Python, rounds differently (5e-324 against 0 at r = 4.7e-163).
+@given(r=st.one_of(st.just(0.0), st.floats(1e-100, 10.0)), alpha=st.integers(2, 128))
 def test_full_batch_closed_form(r: float, alpha: int) -> None:
     out = per_step_rdp(torch.tensor([r], dtype=torch.float64), 1.0, (alpha,))
     assert out.item() == pytest.approx(alpha * r * r / 2, rel=1e-12, abs=0)
