@@ -32,6 +32,10 @@ _MAX_ALPHA = 1024
 # Table entries per chunk of ratios, so the [sum(alpha - 1), n] tables stay ~32 MB at most.
 _CHUNK_ELEMENTS = 1 << 22
 
+# On the CPU, ratios whose largest exponent max(alpha) (max(alpha) - 1) / 2 * r^2 stays below this
+# are summed in linear space (no overflow: exp(600) ~ 4e260), the others in log space.
+_LINEAR_LIMIT = 600.0
+
 
 def validate_alphas(alphas: Iterable[int] | int) -> tuple[int, ...]:
     """Check and normalise Rényi orders: integers ``>= 2``, returned sorted and unique.
@@ -121,6 +125,36 @@ def _coefficients(
     )
 
 
+@functools.lru_cache(maxsize=128)
+def _linear_coefficients(
+    alphas: tuple[int, ...], q: float, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``half_kk1 [M]`` (``k (k - 1) / 2`` for ``k = 2..max(alpha)``), ``weights [M, K]``
+    (``binom(alpha, k) (1 - q)^(alpha - k) q^k``, zero for ``k > alpha``) and ``denom [K]``."""
+    k = torch.arange(2, max(alphas) + 1, dtype=torch.float64, device=device).unsqueeze(1)
+    a = torch.tensor(alphas, dtype=torch.float64, device=device).unsqueeze(0)
+    valid = k <= a
+    kk = torch.where(valid, k, torch.zeros_like(k))
+    log_binom = torch.lgamma(a + 1) - torch.lgamma(kk + 1) - torch.lgamma(a - kk + 1)
+    log_weight = log_binom + kk * math.log(q) + (a - kk) * math.log1p(-q)
+    weights = torch.where(valid, torch.exp(log_weight), torch.zeros_like(log_weight))
+    return (k * (k - 1) / 2).squeeze(1), weights.contiguous(), a.squeeze(0) - 1
+
+
+def _linear_rdp(r2: Tensor, linear: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """``log1p(S) / (alpha - 1)``, ``[n, K]``, for ratios with ``max exponent <= _LINEAR_LIMIT``.
+
+    ``S = sum_k w_{alpha,k} expm1(k (k - 1) r^2 / 2)`` is then one ``[n, M] @ [M, K]`` product:
+    the ``M`` growth terms are shared by all orders and every summand is non-negative, so the
+    sum loses no precision (agrees with the log-space path to ~1e-14 relative) at a quarter of
+    its cost for one step's batch. Weights that underflow belong to terms below ``1e-47``.
+    """
+    half_kk1, weights, denom = linear
+    rows = max(1, _CHUNK_ELEMENTS // half_kk1.numel())
+    out = [torch.log1p(torch.expm1(c.unsqueeze(1) * half_kk1) @ weights) for c in r2.split(rows)]
+    return torch.cat(out) / denom
+
+
 def _log_expm1(x: Tensor) -> Tensor:
     """``log(exp(x) - 1)`` for ``x >= 0``, accurate near 0 and without overflow (-inf at 0).
 
@@ -185,7 +219,11 @@ def per_step_rdp(
     No Python loop over examples or orders: the terms of all orders are evaluated at once on a
     ``[sum(alpha - 1), N]`` table (orders laid out one after the other, no padding), reduced per
     order with a segment-wise log-sum-exp (in chunks of rows for very large ``N``). No host
-    synchronisation.
+    synchronisation on accelerators. On the CPU, ratios small enough that no term can overflow
+    (``max(alpha) (max(alpha) - 1) r^2 / 2 <= 600``, e.g. ``r <= 0.54`` for orders up to 64)
+    are summed in linear space instead, as one matrix product of the ``expm1`` growth terms
+    (shared by all orders) with the binomial weights: the same value to ~1e-14 relative, about
+    four times faster for one step's batch.
 
     Args:
         ratios: Tensor of any shape ``[...]`` of non-negative ratios ``r``; any device.
@@ -221,9 +259,28 @@ def per_step_rdp(
         return (r2.unsqueeze(1) * a / 2).reshape(*batch_shape, len(orders))
     if q == 0.0 or r2.numel() == 0:
         return torch.zeros(*batch_shape, len(orders), dtype=torch.float64, device=r.device)
-    coefficients = _coefficients(orders, q, r.device)
+    if r2.device.type == "cpu":  # (masking needs the values: free on the CPU only)
+        # the largest r^2 of the linear path; NaN and inf take the log-space path
+        small = r2 <= _LINEAR_LIMIT / (max(orders) * (max(orders) - 1) / 2)
+        num_small = int(small.sum())
+        linear = _linear_coefficients(orders, q, r2.device) if num_small else None
+        if linear is not None and num_small == r2.shape[0]:
+            return _linear_rdp(r2, linear).reshape(*batch_shape, len(orders))
+        if linear is not None:  # a mixed batch: each part by its own path (gathers, not masks)
+            out = r2.new_empty(r2.shape[0], len(orders))
+            rows = small.nonzero().squeeze(1)
+            out.index_copy_(0, rows, _linear_rdp(r2.index_select(0, rows), linear))
+            rows = (~small).nonzero().squeeze(1)
+            out.index_copy_(0, rows, _log_space_rdp(r2.index_select(0, rows), orders, q))
+            return out.reshape(*batch_shape, len(orders))
+    return _log_space_rdp(r2, orders, q).reshape(*batch_shape, len(orders))
+
+
+def _log_space_rdp(r2: Tensor, orders: tuple[int, ...], q: float) -> Tensor:
+    """``[n, K]`` losses of squared ratios ``r2 [n]`` in log space (any ratio, any device)."""
+    coefficients = _coefficients(orders, q, r2.device)
     rows = max(1, _CHUNK_ELEMENTS // coefficients[1].numel())
     denom = coefficients[-1]
     # a handful of chunks at most (bounding memory), never a loop over examples
     out = [(_log_one_plus_s(chunk, coefficients).T / denom) for chunk in r2.split(rows)]
-    return torch.cat(out).contiguous().reshape(*batch_shape, len(orders))
+    return torch.cat(out).contiguous()

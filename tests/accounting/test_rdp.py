@@ -64,6 +64,8 @@ def _mp_rdp(q: float, r: float, alpha: int) -> float:
         (0.2, 1e-25),
         (1e-6, 2.0),  # tiny rate, large ratio: terms spanning thousands of orders of magnitude
         (1e-3, 20.0),
+        (0.05, 0.5455),  # either side of the CPU's switch from linear to log space (alpha 64)
+        (0.05, 0.5456),
     ],
 )
 def test_arbitrary_ratios_match_high_precision_sum(q: float, r: float) -> None:
@@ -170,3 +172,33 @@ def test_bad_sample_rate() -> None:
         per_step_rdp(torch.ones(2), 1.5, (2,))
     with pytest.raises(TypeError, match="sample_rate"):
         per_step_rdp(torch.ones(2), "0.1", (2,))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("q", [1e-6, 0.004, 0.3, 0.999])
+@pytest.mark.parametrize("alphas", [DEFAULT_ALPHAS, (2, 17, 300)])
+def test_linear_and_log_space_paths_agree_on_a_mixed_batch(
+    q: float, alphas: tuple[int, ...]
+) -> None:
+    """On the CPU small ratios are summed in linear space, the others in log space: a batch
+    mixing both (and 0, NaN, inf) gives each example what the log-space path alone gives."""
+    from lightning_unlearn.accounting.rdp import _LINEAR_LIMIT, _log_space_rdp
+
+    limit = math.sqrt(_LINEAR_LIMIT / (max(alphas) * (max(alphas) - 1) / 2))  # the switch
+    r = torch.cat(
+        [
+            torch.tensor([0.0, limit * (1 - 1e-12), limit * (1 + 1e-12), math.nan, math.inf]),
+            torch.logspace(-12, 1.5, 400, dtype=torch.float64),
+        ]
+    ).to(torch.float64)
+    ours = per_step_rdp(r, q, alphas)
+    reference = _log_space_rdp(r * r, validate_alphas(alphas), q)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0.0, equal_nan=True)
+    assert bool((ours[0] == 0).all())
+    assert bool(ours[3].isnan().all())
+    assert bool(ours[4].isinf().all())
+    # both sides of the switch were exercised
+    assert bool((r * r * max(alphas) * (max(alphas) - 1) / 2 <= _LINEAR_LIMIT).sum() > 40)
+    assert bool((r * r * max(alphas) * (max(alphas) - 1) / 2 > _LINEAR_LIMIT).sum() > 40)
+    # a batch of one example takes the same path as inside the mixed batch
+    single = torch.stack([per_step_rdp(r[i : i + 1], q, alphas)[0] for i in range(0, 405, 37)])
+    torch.testing.assert_close(single, ours[0:405:37], rtol=1e-12, atol=0.0, equal_nan=True)
