@@ -188,9 +188,22 @@ def _rss_kib(field: str) -> int:
 
 
 def worker(
-    model: str, method: str, device: str, steps: int, warmup: int, threads: int = 0
+    model: str,
+    method: str,
+    device: str,
+    steps: int,
+    warmup: int,
+    threads: int = 0,
+    interleave: list[str] | None = None,
+    blocks: int = 0,
 ) -> dict[str, Any]:
-    """Fit ``model`` with ``method`` attached; return median step time (ms) and peak memory."""
+    """Fit ``model`` with ``method`` attached; return median step time (ms) and peak memory.
+
+    With ``interleave`` (a list of methods), fit the same module ``blocks`` times with each
+    method in turn instead, all in this process (a fresh Trainer and callbacks per fit), and
+    return every method's per-block median and mean step CPU times: an A/B comparison that
+    process-to-process variation (memory layout, core, neighbours on the host) cannot bias.
+    Peak memory is not measured then (it is per process)."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -326,38 +339,54 @@ def worker(
             self.norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()])
             self.norms = self.norms.sum(0).sqrt()
 
-    callbacks: list[Any] = [StepTimer()]
-    if method.startswith("monitor-"):
-        from lightning_unlearn import PerInstancePrivacyMonitor
+    def make_callbacks(method: str) -> list[Any]:
+        callbacks: list[Any] = [StepTimer()]
+        if method.startswith("monitor-"):
+            from lightning_unlearn import PerInstancePrivacyMonitor
 
-        callbacks.append(
-            PerInstancePrivacyMonitor(noise_multiplier=1.0, grad_sample_mode=method.split("-")[1])
+            mode = method.split("-")[1]
+            callbacks.append(PerInstancePrivacyMonitor(noise_multiplier=1.0, grad_sample_mode=mode))  # type: ignore[arg-type]
+        elif method == "fused-norms":
+            callbacks.append(PackageHooks("fused"))
+        elif method in ("ghost-samplers", "opacus-ghost"):
+            callbacks.append(DirectOpacus("ghost"))
+        elif method == "ghost-sum":
+            callbacks.append(DirectOpacus("ghost", reduction="sum"))
+        elif method == "opacus-hooks":
+            callbacks.append(DirectOpacus("hooks"))
+        elif method == "vmap":
+            callbacks.append(VmapPass())
+        elif method != "plain":
+            raise ValueError(f"Expected a method in {METHODS}, but got {method!r}.")
+        return callbacks
+
+    def make_trainer(callbacks: list[Any]) -> Any:
+        return Trainer(
+            accelerator="cuda" if dev.type == "cuda" else "cpu",
+            devices=1,
+            max_steps=warmup + steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=callbacks,
         )
-    elif method == "fused-norms":
-        callbacks.append(PackageHooks("fused"))
-    elif method in ("ghost-samplers", "opacus-ghost"):
-        callbacks.append(DirectOpacus("ghost"))
-    elif method == "ghost-sum":
-        callbacks.append(DirectOpacus("ghost", reduction="sum"))
-    elif method == "opacus-hooks":
-        callbacks.append(DirectOpacus("hooks"))
-    elif method == "vmap":
-        callbacks.append(VmapPass())
-    elif method != "plain":
-        raise ValueError(f"Expected a method in {METHODS}, but got {method!r}.")
 
     module = Module().to(dev)
-    trainer = Trainer(
-        accelerator="cuda" if dev.type == "cuda" else "cpu",
-        devices=1,
-        max_steps=warmup + steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    if interleave:
+        per_block: dict[str, list[tuple[float, float]]] = {m: [] for m in interleave}
+        for _ in range(blocks):
+            for m in interleave:
+                cbs = make_callbacks(m)
+                make_trainer(cbs).fit(module, train_dataloaders=loader)
+                sync()
+                cpu_b = [b[1] - a[1] for a, b in itertools.pairwise(cbs[0].stamps)][warmup:]
+                per_block[m].append((statistics.median(cpu_b), statistics.fmean(cpu_b)))
+        return {"model": model, "blocks": per_block, "threads": torch.get_num_threads()}
+
+    callbacks = make_callbacks(method)
+    trainer = make_trainer(callbacks)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -516,6 +545,64 @@ def markdown(path: str) -> str:
     return "\n".join(lines)
 
 
+def interleaved(args: argparse.Namespace, common: list[str], env: dict[str, str]) -> None:
+    """``--interleave``: every method of a model in one process, alternating, ``--blocks`` times.
+
+    The ratio of each block's median step CPU time to plain's median in the same block, then the
+    median over blocks (and the same for the mean step, which counts batched work)."""
+    methods = ["plain", *[m for m in args.methods if m != "plain"]]
+    if "opacus-ghost" in methods:
+        raise SystemExit("--interleave cannot mix opacus-ghost (it swaps the sampler registry).")
+    t_start, load_start = time.time(), os.getloadavg()
+    cases: list[dict[str, Any]] = []
+    for model in args.models:
+        sub = ["--worker", model, "plain", *common, "--blocks", str(args.blocks)]
+        res = run_sub([*sub, "--interleave-methods", *methods], env)
+        blocks = res["blocks"]
+        for m in methods:
+            med = [b[0] / p[0] for b, p in zip(blocks[m], blocks["plain"], strict=True)]
+            mean = [b[1] / p[1] for b, p in zip(blocks[m], blocks["plain"], strict=True)]
+            cases.append(
+                {
+                    "model": model,
+                    "method": m,
+                    "ms": statistics.median(b[0] for b in blocks[m]) * 1e3,
+                    "ratio_time": statistics.median(med),
+                    "ratio_mem": None,
+                    "ratio_time_blocks": med,
+                    "ratio_cpu_mean": statistics.median(mean),
+                    "cpu_ms_mean": statistics.median(b[1] for b in blocks[m]) * 1e3,
+                }
+            )
+            line = f"{model:5s} {m:18s} x{statistics.median(med):.3f} (blocks "
+            print(line + " ".join(f"{x:.2f}" for x in med) + ")", flush=True)
+    print(f"\nA/B in one process per model, {args.blocks} blocks of {args.steps} steps: ratio of")
+    print("the median (mean) step CPU time to plain's in the same block, median over blocks")
+    print(f"{'method':18s}" + "".join(f"{m:>16s}" for m in args.models))
+    for m in methods:
+        cells = [
+            f"{c['ratio_time']:.2f} ({c['ratio_cpu_mean']:.2f})"
+            for model in args.models
+            for c in cases
+            if c["model"] == model and c["method"] == m
+        ]
+        print(f"{m:18s}" + "".join(f"{c:>16s}" for c in cells))
+    out = {
+        "cases": cases,
+        "machine": machine_string(args.device, args.threads or None),
+        "mode": "interleave: ratio_time is of step CPU time, same process, per block; no memory",
+        "blocks": args.blocks,
+        "load_avg_start": load_start,
+        "load_avg_end": os.getloadavg(),
+        "wall_s": time.time() - t_start,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -533,6 +620,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads per case (0: torch's default)"
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="A/B mode: per model, one process fits the same module with every method in turn, "
+        "--blocks times; ratios of step CPU time per block, medians over blocks (no memory)",
+    )
+    parser.add_argument("--blocks", type=int, default=6, help="rounds of --interleave")
+    parser.add_argument("--interleave-methods", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="MODEL:METHOD", help="profile one case and exit")
     parser.add_argument("--markdown", metavar="JSON", help="print a result file as Markdown")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
@@ -540,7 +635,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.device, args.steps, args.warmup, args.threads)))
+        result = worker(
+            *args.worker,
+            args.device,
+            args.steps,
+            args.warmup,
+            args.threads,
+            interleave=args.interleave_methods,
+            blocks=args.blocks,
+        )
+        print(json.dumps(result))
         return
     if args.ledger_worker:
         print(json.dumps(ledger_worker(args.device, 1_000_000, 1024, args.threads)))
@@ -557,6 +661,9 @@ def main(argv: list[str] | None = None) -> None:
         env.update(MALLOC_ENV)
     common = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     common += ["--threads", str(args.threads)]
+    if args.interleave:
+        interleaved(args, common, env)
+        return
     load_start = os.getloadavg()
     t_start = time.time()
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
