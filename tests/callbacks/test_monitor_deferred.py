@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from lightning_unlearn import PerInstancePrivacyMonitor, PrivacyLedger
 from tests.callbacks._support import CrashAt, EpochShuffleSampler, make_trainer
@@ -20,14 +20,8 @@ N, B = 75, 8  # 10 steps per epoch, the last one of 3 examples
 FIELDS = ("privacy", "counts", "sq_norm_sum", "last_norm")
 
 
-class ReplacementSampler(Sampler[int]):
+class ReplacementSampler(EpochShuffleSampler):
     """N draws with replacement, seeded by the epoch: ids repeat within and across steps."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + 1000 * self.epoch)
