@@ -12,8 +12,11 @@ the leaf layers of a module (no wrapping: identity, class, ``state_dict`` keys u
   groups are the examples: exactly the multiply-adds of the ordinary weight gradient). From
   ``G_i`` it takes both the norms ``||G_i||`` and ``p.grad = sum_i G_i``, so the weight gradient
   is computed once, not twice;
-* reads norms of ``nn.Linear`` (2-d inputs: ``||a_i|| ||g_i||``) and ``nn.GroupNorm`` (from
-  the mean and inverse standard deviation its own forward pass saved) from a tensor hook on the
+* fuses ``nn.GroupNorm`` too: torch's own GroupNorm backward, run on the batch laid out as one
+  example with ``B * C`` channels (the same groups), returns every example's weight and bias
+  gradient together with the ordinary input gradient, from the mean and inverse standard
+  deviation the forward pass saved;
+* reads norms of ``nn.Linear`` on 2-d inputs (``||a_i|| ||g_i||``) from a tensor hook on the
   layer output, without touching the layer's backward;
 * calls the norm samplers registered with Opacus (``opacus.grad_sample.register_norm_sampler``:
   this package's for Linear on sequences, Embedding, LayerNorm, InstanceNorm, RMSNorm, and any
@@ -50,6 +53,7 @@ from lightning_unlearn.errors import NormHooksError, UnsupportedLayerError
 from lightning_unlearn.grad_norms.fused_ops import (
     _conv_padding,
     _FusedConv,
+    _FusedGroupNorm,
     _FusedLinear,
     conv_unfold_preferred,
 )
@@ -244,48 +248,26 @@ class FusedNormEngine:
         )
         return result
 
-    def _group_norm(self, layer: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
+    def _group_norm(self, layer: nn.Module, inputs: tuple[Any, ...], out: Any) -> Tensor | None:
         if not self._enter(layer, out):
-            return
+            return None
         assert isinstance(layer, nn.GroupNorm)
+        assert layer.weight is not None  # affine: a GroupNorm without parameters gets no hook
         x = inputs[0]
-        groups = layer.num_groups
         node = out.grad_fn
-        # The mean and 1/std the forward pass saved for its own backward. Unpacked saved outputs
-        # point back to their node, which will hold the hook below: detach, or the node, the
-        # hook and these tensors would keep one another alive (a leak invisible to Python's gc).
-        saved = (
-            (node._saved_result1.detach(), node._saved_result2.detach())
-            if type(node).__name__ == "NativeGroupNormBackward0"
-            else None
+        if type(node).__name__ == "NativeGroupNormBackward0":
+            # The mean and 1/std the forward pass saved for its own backward (free). Unpacked
+            # saved outputs point back to their node: detach, or node and tensors could keep
+            # one another alive in a cycle Python's garbage collector cannot see.
+            mean, rstd = node._saved_result1.detach(), node._saved_result2.detach()
+        else:
+            xg = x.detach().reshape(x.shape[0], layer.num_groups, -1)
+            var, mean = torch.var_mean(xg, dim=2, unbiased=False)
+            rstd = (var + layer.eps).rsqrt()
+        fused: Tensor = _FusedGroupNorm.apply(
+            x, layer.weight, layer.bias, [out.detach()], layer.num_groups, mean, rstd, self
         )
-        weight = layer.weight is not None and layer.weight.requires_grad
-        bias = layer.bias is not None and layer.bias.requires_grad
-
-        fired = [False]
-
-        def hook(g: Tensor) -> None:
-            b, c = g.shape[:2]
-            gf = g.reshape(b, c, -1)
-            gf = gf.float() if gf.dtype in (torch.float16, torch.bfloat16) else gf
-            db = gf.sum(2)  # [B, C]: each example's bias gradient
-            sq = (db * db).sum(1) if bias else db.new_zeros(b)
-            if weight:
-                xf = x.reshape(b, c, -1).to(gf.dtype)
-                if saved is not None:
-                    mean, rstd = saved[0].to(gf.dtype), saved[1].to(gf.dtype)
-                else:
-                    var, mean = torch.var_mean(xf.reshape(b, groups, -1), dim=2, unbiased=False)
-                    rstd = (var + layer.eps).rsqrt()
-                per = c // groups
-                ds = torch.linalg.vecdot(gf, xf)  # sum over positions of g * x
-                mean_c = mean.reshape(b, groups, 1).expand(b, groups, per).reshape(b, c)
-                rstd_c = rstd.reshape(b, groups, 1).expand(b, groups, per).reshape(b, c)
-                dw = (ds - db * mean_c) * rstd_c  # sum of g * x_hat: the weight gradient
-                sq = sq + (dw * dw).sum(1)
-            self._add(sq, fired)
-
-        out.register_hook(hook)
+        return fused
 
     def _sampler_handler(self, sampler: Any, *, materialised: bool) -> Handler:
         def handler(layer: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:

@@ -206,3 +206,62 @@ def _conv_per_example_weight_grads(
         [False, True, False],
     )[1]
     return grads.reshape(b, out_c, -1)
+
+
+class _FusedGroupNorm(torch.autograd.Function):
+    """Identity on a GroupNorm's computed output; its backward replaces GroupNorm's with one call
+    of torch's own GroupNorm backward on the batch laid out as one example with ``B * C``
+    channels in ``B * groups`` groups (the same groups, since GroupNorm normalises within an
+    example). That call's "weight" and "bias" gradients are then every example's own, ``[B * C]``,
+    and its input gradient is the ordinary one: the per-example gradients cost nothing extra."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        holder: list[Tensor],
+        groups: int,
+        mean: Tensor,
+        rstd: Tensor,
+        engine: FusedNormEngine,
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups, ctx.engine, ctx.has_bias = groups, engine, bias is not None
+        ctx.fired = [False]
+        return holder[0]
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        b, c = x.shape[:2]
+        groups = ctx.groups
+        # float32 (float64 for float64 inputs) throughout: under autocast the input, the saved
+        # statistics, the weight and the incoming gradient can have different dtypes
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        grad_x, per_w, per_b = torch.ops.aten.native_group_norm_backward(
+            g.reshape(1, b * c, -1).to(acc),
+            x.reshape(1, b * c, -1).to(acc),
+            mean.reshape(1, b * groups).to(acc),
+            rstd.reshape(1, b * groups).to(acc),
+            weight.to(acc).repeat(b),
+            1,
+            b * c,
+            x[0, 0].numel(),
+            b * groups,
+            [ctx.needs_input_grad[0], True, True],
+        )
+        per_w, per_b = per_w.view(b, c), per_b.view(b, c)
+        sq = per_w.new_zeros(b, dtype=acc)
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            sq = sq + _sq_norms(per_w, acc)
+            grad_w = per_w.sum(0).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            sq = sq + _sq_norms(per_b, acc)
+            grad_b = per_b.sum(0).to(weight.dtype)
+        ctx.engine._add(sq, ctx.fired)
+        if grad_x is not None:
+            grad_x = grad_x.reshape(x.shape).to(x.dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
