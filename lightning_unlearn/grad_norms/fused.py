@@ -11,7 +11,8 @@ the leaf layers of a module (no wrapping: identity, class, ``state_dict`` keys u
   does, and the *per-example* weight gradients ``G_i`` in one batched call (a convolution whose
   groups are the examples: exactly the multiply-adds of the ordinary weight gradient). From
   ``G_i`` it takes both the norms ``||G_i||`` and ``p.grad = sum_i G_i``, so the weight gradient
-  is computed once, not twice;
+  is computed once, not twice; ``nn.Linear`` on sequences ``[B, *, d_in]`` likewise, with one
+  batched matmul, whenever that is no dearer than the ghost Gram form;
 * fuses ``nn.GroupNorm`` too: torch's own GroupNorm backward, run on the batch laid out as one
   example with ``B * C`` channels (the same groups), returns every example's weight and bias
   gradient together with the ordinary input gradient, from the mean and inverse standard
@@ -34,8 +35,8 @@ Limits (each raises a named error rather than giving a wrong norm): a layer call
 forward pass, a parameter shared by two layers (tied weights), or a second backward pass through
 one forward pass (``retain_graph``; refused when the norms are read), since the per-example
 gradient is then a sum of contributions whose norm per-contribution norms do not give; layers
-with buffers and no norm rule. Hooks attached after
-``torch.compile`` are ignored by the compiled graph, as for Opacus.
+with buffers and no norm rule. Hooks attached after ``torch.compile`` are ignored by the
+compiled graph, as for Opacus.
 """
 
 from __future__ import annotations
