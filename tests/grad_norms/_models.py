@@ -93,6 +93,30 @@ def loop_sq_norms(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return torch.stack(out)
 
 
+def summation_tolerance(net: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
+    """Per-element bound, one tensor per parameter, on how far two float32 batch gradients that
+    sum the same per-example terms in different orders can differ.
+
+    Recursive summation of ``n`` float32 addends is off by at most ``gamma_n * sum |addend|``
+    with ``gamma_n = n u / (1 - n u)`` and ``u = 2**-24`` (Higham, *Accuracy and Stability of
+    Numerical Algorithms*, 2nd ed., eq. 4.4); two orders differ by at most twice that. The
+    addends are the per-example, per-position products; ``n`` is bounded by the batch size
+    times the input's elements per example, and ``sum |addend|`` is taken as the sum over
+    examples of each example's absolute gradient (float64, one backward each).
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    abs_sum = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for i in range(x.shape[0]):
+        loss = nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1])
+        for acc, g in zip(abs_sum, torch.autograd.grad(loss, params), strict=True):
+            acc += g.double().abs()
+    n = x.shape[0] * x[0].numel()
+    u = 2.0**-24
+    gamma = n * u / (1 - n * u)
+    # The batch gradient of a mean loss carries the factor 1/B on every addend.
+    return [2 * gamma * acc / x.shape[0] for acc in abs_sum]
+
+
 class LitClassifier(pl.LightningModule):
     """Cross-entropy classifier over ``(x, y, sample_id)`` batches, plain SGD."""
 

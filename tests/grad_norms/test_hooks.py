@@ -8,7 +8,13 @@ from torch import nn
 
 from lightning_unlearn.errors import NormHooksError, UnsupportedLayerError
 from lightning_unlearn.grad_norms import attach_norm_hooks, find_unsupported_modules
-from tests.grad_norms._models import MODEL_NAMES, build_net, digits_inputs, loop_sq_norms
+from tests.grad_norms._models import (
+    MODEL_NAMES,
+    build_net,
+    digits_inputs,
+    loop_sq_norms,
+    summation_tolerance,
+)
 
 MODES = ("fused", "ghost", "hooks", "functorch")
 
@@ -19,6 +25,7 @@ def test_norms_match_batch_size_one_loop(name: str, mode: str) -> None:
     net = build_net(name)
     x, y = digits_inputs(name, 12)
     reference = loop_sq_norms(net, x, y)
+    grad_tolerance = summation_tolerance(net, x, y)
     keys = list(net.state_dict())
     net.zero_grad()
     nn.functional.cross_entropy(net(x), y).backward()
@@ -32,9 +39,11 @@ def test_norms_match_batch_size_one_loop(name: str, mode: str) -> None:
     assert norms.shape == (12,)
     assert norms.dtype == torch.float32
     torch.testing.assert_close(norms.double().pow(2), reference, rtol=1e-5, atol=0)
-    # p.grad is the ordinary batch gradient; the module is neither wrapped nor renamed.
-    for p, g in zip(net.parameters(), plain_grads, strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-7)
+    # p.grad is the ordinary batch gradient up to the order of summation (the fused engine sums
+    # per-example gradients); the module is neither wrapped nor renamed.
+    for p, g, tol in zip(net.parameters(), plain_grads, grad_tolerance, strict=True):
+        excess = (p.grad.double() - g.double()).abs() - tol
+        assert excess.max() <= 0, f"p.grad off by more than the summation bound: {excess.max()}"
     assert list(net.state_dict()) == keys
     hooks.detach()
     assert not hooks.attached
