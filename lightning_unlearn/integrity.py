@@ -13,9 +13,9 @@ Pure (torch, numpy and the standard library only), so the accounting core can us
   of an audit record. Independent of the device and of the file format.
 - :func:`architecture_fingerprint`: a hash of the parameter and buffer names, shapes and dtypes
   only: it identifies an architecture, not a set of weights.
-- :func:`write_checksum` / :func:`verify_checksum`: a ``<file>.sha256`` sidecar (the
-  ``sha256sum`` format) for files such as checkpoints. ``torch.load`` does not check the zip
-  CRC, so without it flipped data bytes load as silently wrong weights.
+- :func:`nested_sha256`: SHA-256 of a nested checkpoint dict (tensors and plain values), which
+  checkpoints written by the command line embed and verify on load. ``torch.load`` does not
+  check the zip CRC, so without it flipped data bytes load as silently wrong weights.
 
 The hashes detect accidents (flipped bytes, truncation, a file from another run); anyone who can
 write the file can also rewrite its checksum, so they are no defence against a forger.
@@ -36,17 +36,14 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_unlearn.errors import IntegrityError
-
 __all__ = [
     "architecture_fingerprint",
     "atomic_write",
     "file_sha256",
     "json_sha256",
+    "nested_sha256",
     "remove_stale_temporaries",
     "tensors_sha256",
-    "verify_checksum",
-    "write_checksum",
     "write_json",
 ]
 
@@ -209,6 +206,43 @@ def tensors_sha256(
     return digest.hexdigest()
 
 
+def _update_nested(digest: Any, item: Any) -> None:
+    if isinstance(item, Tensor):
+        digest.update(b"T")
+        _update_tensor(digest, "", item)
+    elif isinstance(item, Mapping):
+        digest.update(f"D{len(item)}\0".encode())
+        for key in sorted(item, key=lambda k: (type(k).__name__, str(k))):
+            digest.update(f"{type(key).__name__}:{key!s}\0".encode())
+            _update_nested(digest, item[key])
+    elif isinstance(item, list | tuple):
+        digest.update(f"{'L' if isinstance(item, list) else 'U'}{len(item)}\0".encode())
+        for x in item:
+            _update_nested(digest, x)
+    elif item is None or isinstance(item, bool | int | float | str | bytes):
+        digest.update(f"{type(item).__name__}:{item!r}\0".encode())
+    else:  # torch.dtype, torch.Size, ...: what weights_only loading admits
+        digest.update(f"{type(item).__name__}:{item!r}\0".encode())
+
+
+def nested_sha256(obj: Any) -> str:
+    """SHA-256 of a nested structure of dicts, lists, tuples, tensors and plain values.
+
+    Keys are visited in sorted order and every value contributes its type, so the digest of
+    a checkpoint loaded back equals the digest of the object that was saved.
+
+    Example:
+        >>> a = {"state_dict": {"w": torch.ones(2)}, "epoch": 3}
+        >>> nested_sha256(a) == nested_sha256({"epoch": 3, "state_dict": {"w": torch.ones(2)}})
+        True
+        >>> nested_sha256(a) == nested_sha256({"state_dict": {"w": torch.ones(2)}, "epoch": 4})
+        False
+    """
+    digest = hashlib.sha256()
+    _update_nested(digest, obj)
+    return digest.hexdigest()
+
+
 def architecture_fingerprint(model: nn.Module | Mapping[str, Tensor]) -> str:
     """A hash of the names, shapes and dtypes of a model's ``state_dict`` (not its values).
 
@@ -230,54 +264,3 @@ def architecture_fingerprint(model: nn.Module | Mapping[str, Tensor]) -> str:
     state = model.state_dict() if isinstance(model, nn.Module) else model
     spec = [[k, str(v.dtype), list(v.shape)] for k, v in sorted(state.items())]
     return json_sha256(spec)[:16]
-
-
-def _sidecar(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    return p.with_name(p.name + ".sha256")
-
-
-def write_checksum(path: str | os.PathLike[str]) -> Path:
-    """Write ``<path>.sha256`` (``sha256sum`` format) for an existing file; returns the sidecar."""
-    p = Path(path)
-    side = _sidecar(p)
-    with atomic_write(side, "w") as fh:
-        fh.write(f"{file_sha256(p)}  {p.name}\n")
-    return side
-
-
-def verify_checksum(path: str | os.PathLike[str], *, required: bool = True) -> str | None:
-    """Check a file against its ``<path>.sha256`` sidecar.
-
-    Args:
-        path: the file.
-        required: a missing sidecar is an error (True) or skipped (False, returns None).
-
-    Returns:
-        The verified digest (None when the sidecar is missing and not required).
-
-    Raises:
-        IntegrityError: the digest differs (the file is corrupt or was replaced), or the sidecar
-            is missing although required, or malformed.
-    """
-    p = Path(path)
-    side = _sidecar(p)
-    if not side.is_file():
-        if not required:
-            return None
-        raise IntegrityError(
-            f"The checksum file {str(side)!r} of {str(p)!r} is missing, so the file cannot be "
-            "verified; re-create the file with this version of lightning_unlearn (or, if you "
-            f"trust it, write the sidecar with `sha256sum {p.name} > {side.name}`)."
-        )
-    fields = side.read_text().split()
-    if not fields or not re.fullmatch(r"[0-9a-f]{64}", fields[0]):
-        raise IntegrityError(f"The checksum file {str(side)!r} is malformed; expected sha256sum.")
-    actual = file_sha256(p)
-    if actual != fields[0]:
-        raise IntegrityError(
-            f"{str(p)!r} does not match its checksum {side.name} (SHA-256 {actual[:12]}... "
-            f"instead of {fields[0][:12]}...): the file is corrupt or was changed after it was "
-            "written. Restore it from a good copy or re-create it."
-        )
-    return actual

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from lightning_unlearn.cli.common import (
 )
 from lightning_unlearn.cli.fit import add_data_options, test_metrics
 from lightning_unlearn.cli.unlearn import add_budget_options, constants_from_args
+from lightning_unlearn.integrity import write_json
 
 __all__ = ["build_parser", "run"]
 
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     report_md, report_html = write_demo_report(out, summary, privacy, groups)
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
     _say(f"done in {summary['seconds']} s")
     print(f"\nReport: {report_html.resolve()}\n        {report_md.resolve()}")
     print(f"TensorBoard: tensorboard --logdir {tb_root.resolve()}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_unlearn.cli._args import add_common
+from lightning_unlearn.integrity import write_json
 
 __all__ = ["build_parser", "run"]
 
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **results,
         "seeds": [{k: v for k, v in s.items() if k not in ("privacy", "scores")} for s in per_seed],
     }
-    (out / "results.json").write_text(json.dumps(slim, indent=2, default=str))
+    write_json(out / "results.json", slim, indent=2, default=str)
     md, page = write_reproduce_report(out, results)
     _say(f"done in {results['seconds']} s")
     print(f"\nReport: {page.resolve()}\n        {md.resolve()}")

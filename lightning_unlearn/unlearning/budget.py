@@ -318,6 +318,7 @@ def compute_budget(
         p = forget_privacy_loss(ledger, forget, constants.privacy_order, aggregate)
         k = int(unlearning_steps(p, constants).item())
         return _capped(k, p, constants.privacy_order, aggregate, cap)
-    assert step_model is not None and order is not None
+    assert step_model is not None
+    assert order is not None
     p = forget_privacy_loss(ledger, forget, order, aggregate)
     return _capped(int(step_model.predict(p, rounding="ceil").item()), p, order, aggregate, cap)
