@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -190,6 +191,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
         CheckpointError: the config file is missing, not YAML, or names unknown options.
         InvalidArgumentError: a value fails its check (:func:`validate_namespace`).
     """
+    # Let an inline id list with negative ids (`--forget-ids -1,3`) be a value, not an option;
+    # the range check then reports the negative id.
+    parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+(,\s*[+-]?\d+)+,?$")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
     known, _ = pre.parse_known_args(argv)

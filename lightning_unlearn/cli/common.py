@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from lightning_unlearn.accounting import PrivacyLedger
-from lightning_unlearn.cli.checkpointing import load_verified, save_verified
 from lightning_unlearn.data.modules import (
     DigitsDataModule,
     FashionMNISTDataModule,
     TensorSplitDataModule,
 )
 from lightning_unlearn.errors import CheckpointError, LedgerMismatchError
-from lightning_unlearn.integrity import write_json
+from lightning_unlearn.integrity import load_verified, save_verified, write_json
 from lightning_unlearn.models import ClassifierModule, GroupNormCNN, MLPClassifier, build_model
 from lightning_unlearn.validation import check_sample_ids
 
