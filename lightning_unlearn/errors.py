@@ -7,14 +7,20 @@ catches everything the package raises on purpose. Each message names the problem
 from __future__ import annotations
 
 __all__ = [
+    "AuditMismatchError",
+    "BudgetTooLargeError",
     "CheckpointError",
     "DatasetNotFoundError",
     "ForgetSetError",
+    "IntegrityError",
+    "InvalidArgumentError",
+    "LedgerIntegrityError",
     "LedgerMismatchError",
     "LightningUnlearnError",
     "MissingSampleIdError",
     "NonFiniteGradientError",
     "NormHooksError",
+    "OutputWriteError",
     "UnsupportedLayerError",
     "UnsupportedModuleError",
     "UnsupportedOrderError",
@@ -73,3 +79,38 @@ class UnsupportedModuleError(LightningUnlearnError, TypeError):
 
 class CheckpointError(LightningUnlearnError, ValueError):
     """A checkpoint, ledger or id file is missing, unreadable, or not the kind expected."""
+
+
+class IntegrityError(LightningUnlearnError, ValueError):
+    """A file fails verification: its checksum differs, or its content is impossible.
+
+    Raised for flipped bytes, truncated files and values no run can produce (NaN, negative
+    losses); the message names the file or field and how to recover.
+    """
+
+
+class LedgerIntegrityError(IntegrityError, LedgerMismatchError):
+    """A privacy ledger is corrupt: checksum mismatch, or non-finite / negative / impossible values.
+
+    Also a :class:`LedgerMismatchError`, so code that catches ledger mismatches catches it too.
+    """
+
+
+class InvalidArgumentError(LightningUnlearnError, ValueError):
+    """A configuration value (command-line option, YAML key, id) is of the wrong type or range."""
+
+
+class BudgetTooLargeError(LightningUnlearnError, ValueError):
+    """The unlearning budget a ledger implies exceeds the allowed maximum.
+
+    By default the maximum is the length of the training run: beyond it, retraining without the
+    forget set is cheaper than unlearning.
+    """
+
+
+class AuditMismatchError(LightningUnlearnError, ValueError):
+    """An audit record does not match the files it describes (``lightning-unlearn audit``)."""
+
+
+class OutputWriteError(LightningUnlearnError, OSError):
+    """An output file could not be written; the message names it and what was already saved."""

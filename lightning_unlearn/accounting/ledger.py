@@ -4,31 +4,45 @@ One row per example id in ``[0, num_samples)``: the Rényi loss ``P(x, alpha)`` 
 the number of observations, the sum of squared gradient norms and the last norm seen. Updates are
 ``index_add_`` scatters on the ledger's device, with no host synchronisation; ledgers of several
 processes reduce by sum (``last_norm`` by max).
+
+Saved states carry a SHA-256 ``checksum`` over the configuration, the metadata and the tensors'
+bytes; loading verifies it and the plausibility of the values (finite, non-negative, ``P``
+non-decreasing in the order), so a corrupted file raises
+:class:`~lightning_unlearn.errors.LedgerIntegrityError` instead of yielding wrong budgets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import os
-import tempfile
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, get_args
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_unlearn.accounting.conventions import Convention
 from lightning_unlearn.accounting.conversion import rdp_to_epsilon
 from lightning_unlearn.accounting.rdp import DEFAULT_ALPHAS, validate_alphas
-from lightning_unlearn.errors import LedgerMismatchError, UnsupportedOrderError
+from lightning_unlearn.errors import (
+    LedgerIntegrityError,
+    LedgerMismatchError,
+    UnsupportedOrderError,
+)
+from lightning_unlearn.integrity import atomic_write, json_sha256
 
-__all__ = ["LEDGER_FORMAT_VERSION", "PrivacyLedger"]
+__all__ = ["LEDGER_FORMAT_VERSION", "PrivacyLedger", "ledger_checksum"]
 
-LEDGER_FORMAT_VERSION = 1
-"""Version of ``state_dict``; bumped whenever its layout changes."""
+LEDGER_FORMAT_VERSION = 2
+"""Version of ``state_dict``; bumped whenever its layout changes (2: with ``checksum``)."""
+
+_CSV_CHUNK_ROWS = 16384
+# Relative slack of the order-monotonicity check: P at a higher order is a sum of per-step
+# Rényi divergences that are non-decreasing in the order, each rounded at ~1e-16 relative.
+_MONOTONE_RTOL = 1e-9
 
 _TENSORS: tuple[tuple[str, torch.dtype, bool], ...] = (
     # name, dtype, has an order dimension
@@ -37,7 +51,67 @@ _TENSORS: tuple[tuple[str, torch.dtype, bool], ...] = (
     ("sq_norm_sum", torch.float64, False),
     ("last_norm", torch.float64, False),
 )
-_KEYS = {"version", "num_samples", "alphas", "convention", "metadata"} | {t[0] for t in _TENSORS}
+_CONFIG_KEYS = ("version", "num_samples", "alphas", "convention", "metadata")
+_KEYS = set(_CONFIG_KEYS) | {t[0] for t in _TENSORS}
+
+
+def ledger_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 of a ledger state: its configuration and metadata (canonical JSON) and tensors.
+
+    The tensors enter in a fixed order with their dtype, shape and little-endian bytes, so the
+    digest is the same on every device and for every file format.
+
+    Args:
+        state: a :meth:`PrivacyLedger.state_dict` (its own ``"checksum"`` entry is ignored).
+
+    Returns:
+        64 hexadecimal characters.
+    """
+    digest = hashlib.sha256()
+    digest.update(json_sha256({k: state[k] for k in _CONFIG_KEYS}).encode())
+    for name, _, _ in _TENSORS:
+        t = state[name].detach().to("cpu").contiguous()
+        digest.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def _check_plausible(state: dict[str, Any], what: str, *, monotone: bool) -> None:
+    """Values no run can produce: NaN/inf, negative losses, counts or norms; P falling in alpha."""
+    p = state["privacy"]
+    checks = (
+        ("privacy", p, "the privacy losses P(x, alpha)"),
+        ("sq_norm_sum", state["sq_norm_sum"], "the sums of squared norms"),
+        ("last_norm", state["last_norm"], "the last norms"),
+    )
+    for name, t, desc in checks:
+        bad = ~torch.isfinite(t) | (t < 0)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise LedgerIntegrityError(
+                f"{what} is corrupt: `{name}` ({desc}) holds {int(bad.sum())} non-finite or "
+                f"negative value(s), first at sample id {row} ({t[row].tolist()}); no run "
+                "produces these. Restore the ledger file from a good copy or recompute it by "
+                "re-running training with the monitor."
+            )
+    counts = state["counts"]
+    if bool((counts < 0).any()):
+        row = int((counts < 0).nonzero()[0, 0])
+        raise LedgerIntegrityError(
+            f"{what} is corrupt: `counts` is negative at sample id {row} ({int(counts[row])}). "
+            "Restore the ledger file from a good copy or recompute it."
+        )
+    if monotone and p.shape[1] > 1:
+        low, high = p[:, :-1], p[:, 1:]
+        bad_rows = (high < low - _MONOTONE_RTOL * low.abs()).any(dim=1)
+        if bool(bad_rows.any()):
+            row = int(bad_rows.nonzero()[0, 0])
+            raise LedgerIntegrityError(
+                f"{what} is corrupt: P(x, alpha) decreases with the order alpha at sample id "
+                f"{row} ({p[row].tolist()}), but Rényi losses are non-decreasing in alpha "
+                "(THEORY §2-§3). Restore the file or recompute the ledger; a ledger filled with "
+                "a custom per-step loss that is not a Rényi divergence loads with `verify=False`."
+            )
 
 
 def _json_roundtrip(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -238,7 +312,7 @@ class PrivacyLedger:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Plain state: CPU tensor copies, primitives and a ``"version"`` key."""
+        """Plain state: CPU tensor copies, primitives, a ``"version"`` and a ``"checksum"`` key."""
         state: dict[str, Any] = {
             "version": LEDGER_FORMAT_VERSION,
             "num_samples": self.num_samples,
@@ -248,6 +322,7 @@ class PrivacyLedger:
         }
         for name, _, _ in _TENSORS:
             state[name] = getattr(self, name).detach().to("cpu", copy=True)
+        state["checksum"] = ledger_checksum(state)
         return state
 
     def _check_config(self, config: dict[str, Any], what: str) -> None:
@@ -265,19 +340,26 @@ class PrivacyLedger:
                     f"from a fresh ledger / delete the saved state for this new configuration."
                 )
 
-    def _check_compatible(self, state: dict[str, Any], what: str) -> None:
+    def _check_compatible(self, state: dict[str, Any], what: str, verify: bool = True) -> None:
         if not isinstance(state, dict) or not set(state) >= _KEYS:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise LedgerMismatchError(
                 f"Expected {what} to be a PrivacyLedger state with keys {sorted(_KEYS)}, but got "
                 f"{got}. Save ledgers with `PrivacyLedger.save` / `state_dict()`."
             )
-        if state["version"] != LEDGER_FORMAT_VERSION:
+        old_unchecked = state["version"] == 1 and not verify
+        if state["version"] != LEDGER_FORMAT_VERSION and not old_unchecked:
+            hint = (
+                " Format 1 had no checksum: if you trust the file, load it with "
+                "`PrivacyLedger.load(path, verify=False)` and `save` it again."
+                if state["version"] == 1
+                else ""
+            )
             raise LedgerMismatchError(
                 f"{what} has ledger format version {state['version']!r}, but this version of "
                 f"lightning_unlearn reads version {LEDGER_FORMAT_VERSION}. Recompute the ledger "
                 f"with this version (re-run training with the monitor), or load it with the "
-                f"lightning_unlearn version that wrote it and export it with `to_csv`."
+                f"lightning_unlearn version that wrote it and export it with `to_csv`.{hint}"
             )
         self._check_config(state, what)
         for name, dtype, has_k in _TENSORS:
@@ -289,61 +371,108 @@ class PrivacyLedger:
                     f"{what}: expected `{name}` to be a {dtype} tensor of shape {shape}, but got "
                     f"{desc}. The state is corrupt; recompute the ledger."
                 )
+        if verify:
+            saved = state.get("checksum")
+            actual = ledger_checksum(state)
+            if saved != actual:
+                raise LedgerIntegrityError(
+                    f"{what} does not match its checksum (SHA-256 {actual[:12]}... instead of "
+                    f"{str(saved)[:12]}...): its values or metadata changed after it was saved "
+                    "(flipped bytes, a truncated copy, an edit). Restore the file from a good "
+                    "copy or recompute the ledger by re-running training with the monitor."
+                )
+        else:
+            warnings.warn(
+                f"{what} is loaded without verifying its checksum (`verify=False`); only its "
+                "values' plausibility is checked.",
+                UserWarning,
+                stacklevel=3,
+            )
+        _check_plausible(state, what, monotone=verify)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], *, verify: bool = True) -> None:
         """Load a state from ``state_dict`` after validating it.
 
-        The configuration must match; ``metadata`` is replaced by the saved one.
+        The configuration must match; ``metadata`` is replaced by the saved one. The checksum
+        and the values are verified (see :func:`ledger_checksum`).
+
+        Args:
+            state_dict: a :meth:`state_dict`.
+            verify: check the checksum (and that ``P`` is non-decreasing in the order). With
+                False a warning is given; non-finite and negative values are errors regardless.
+                Needed for format-1 states, which have no checksum.
 
         Raises:
             LedgerMismatchError: On another ``num_samples``, orders, convention or format
                 version, or malformed tensors; the message says how to recover.
+            LedgerIntegrityError: The checksum differs or the values are impossible.
         """
-        self._check_compatible(state_dict, "The loaded ledger state")
+        self._check_compatible(state_dict, "The loaded ledger state", verify)
         for name, _, _ in _TENSORS:
             getattr(self, name).copy_(state_dict[name])
         self.metadata = _json_roundtrip(state_dict["metadata"])
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``state_dict`` with ``torch.save`` (atomically; readable without pickle)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        """Write ``state_dict`` with ``torch.save``, atomically (readable without pickle).
+
+        The file appears complete or not at all (a temporary file renamed over ``path``) and
+        gets the usual mode of new files (``0o666 & ~umask``).
+        """
+        state = self.state_dict()
+        with atomic_write(path) as fh:
+            torch.save(state, fh)
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], map_location: torch.device | str | None = None
+        cls,
+        path: str | os.PathLike[str],
+        map_location: torch.device | str | None = None,
+        *,
+        verify: bool = True,
     ) -> PrivacyLedger:
         """Read a ledger written by ``save`` (``torch.load(..., weights_only=True)``).
 
         Args:
             path: File written by ``save``.
             map_location: Device of the loaded ledger (default: torch's default device).
+            verify: verify the checksum (see :meth:`load_state_dict`).
 
         Raises:
             LedgerMismatchError: If the file is not a ledger of this format version.
+            LedgerIntegrityError: If the file cannot be parsed, its checksum differs, or it
+                holds impossible values (NaN, inf, negative losses or counts).
         """
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # torch raises many types for damaged zip / pickle data
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LedgerIntegrityError(
+                f"The ledger file {str(path)!r} could not be read ({type(err).__name__}: "
+                f"{first}); it is truncated or corrupt. Restore it or recompute the ledger."
+            ) from None
         if not isinstance(state, dict) or not set(state) >= _KEYS:
             raise LedgerMismatchError(
                 f"Expected {str(path)!r} to hold a PrivacyLedger state (keys {sorted(_KEYS)}); "
                 f"it does not. Pass a file written by `PrivacyLedger.save`."
             )
-        ledger = cls(
-            int(state["num_samples"]),
-            state["alphas"],
-            state["convention"],
-            device=map_location,
-            metadata=state["metadata"],
-        )
-        ledger.load_state_dict(state)
+        try:
+            ledger = cls(
+                int(state["num_samples"]),
+                state["alphas"],
+                state["convention"],
+                device=map_location,
+                metadata=state["metadata"],
+            )
+        except (TypeError, ValueError) as err:
+            raise LedgerIntegrityError(
+                f"The ledger file {str(path)!r} has an impossible configuration ({err}); it is "
+                "corrupt. Restore it or recompute the ledger."
+            ) from None
+        ledger._check_compatible(state, f"The ledger file {str(path)!r}", verify)
+        for name, _, _ in _TENSORS:
+            getattr(ledger, name).copy_(state[name])
         return ledger
 
     # ------------------------------------------------------------------ merging
@@ -389,28 +518,39 @@ class PrivacyLedger:
 
     # ------------------------------------------------------------------ export
     def to_csv(self, path: str | os.PathLike[str], delta: float | None = None) -> None:
-        """Write one row per example.
+        """Write one row per example, streamed in chunks (bounded memory), atomically.
 
         Columns: ``sample_id, count, sq_norm_sum, last_norm, P_<alpha>...`` and, when ``delta``
-        is given, ``epsilon, best_alpha``. Floats are written with 17 significant digits.
+        is given, ``epsilon, best_alpha``. Floats are written with 17 significant digits
+        (``%.17g``, which round-trips float64). The rows are formatted ``16384`` at a time into
+        a temporary file renamed over ``path`` at the end: an interrupted export leaves the
+        previous file intact.
         """
-        cols: list[np.ndarray] = [
-            np.arange(self.num_samples),
-            self.counts.cpu().numpy(),
-            self.sq_norm_sum.cpu().numpy(),
-            self.last_norm.cpu().numpy(),
-            *self.privacy.cpu().numpy().T,
-        ]
         header = ["sample_id", "count", "sq_norm_sum", "last_norm"]
         header += [f"P_{a}" for a in self.alphas]
-        fmt = ["%d", "%d", "%.17g", "%.17g"] + ["%.17g"] * len(self.alphas)
         if delta is not None:
-            eps, best = self.epsilon(delta)
-            cols += [eps.cpu().numpy(), best.cpu().numpy()]
             header += ["epsilon", "best_alpha"]
-            fmt += ["%.17g", "%d"]
-        table = np.empty((self.num_samples, len(cols)), dtype=object)
-        for j, col in enumerate(cols):
-            table[:, j] = col
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savetxt(path, table, fmt=fmt, delimiter=",", header=",".join(header), comments="")
+        with atomic_write(path, "w", newline="") as fh:
+            fh.write(",".join(header) + "\n")
+            for start in range(0, self.num_samples, _CSV_CHUNK_ROWS):
+                stop = min(start + _CSV_CHUNK_ROWS, self.num_samples)
+                fh.writelines(self._csv_rows(start, stop, delta))
+
+    def _csv_rows(self, start: int, stop: int, delta: float | None) -> Iterator[str]:
+        rows = slice(start, stop)
+        privacy = self.privacy[rows]
+        ints: list[list[int]] = [list(range(start, stop)), self.counts[rows].tolist()]
+        floats: list[list[float]] = [
+            self.sq_norm_sum[rows].tolist(),
+            self.last_norm[rows].tolist(),
+            *privacy.T.tolist(),
+        ]
+        best: list[list[int]] = []
+        if delta is not None:
+            eps, best_alpha = rdp_to_epsilon(privacy, self.alphas, delta)
+            floats.append(eps.tolist())
+            best.append(best_alpha.tolist())
+        as_float = "{:.17g}".format
+        columns = [list(map(str, c)) for c in ints] + [list(map(as_float, c)) for c in floats]
+        columns += [list(map(str, c)) for c in best]
+        return (",".join(row) + "\n" for row in zip(*columns, strict=True))

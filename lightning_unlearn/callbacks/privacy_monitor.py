@@ -67,6 +67,7 @@ from lightning_unlearn.callbacks._monitor_utils import (
 )
 from lightning_unlearn.data import dataset_fingerprint, get_sample_ids
 from lightning_unlearn.grad_norms import GradSampleMode, LossReduction, NormHooks, attach_norm_hooks
+from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
 
 __all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]
 
@@ -276,6 +277,9 @@ class PerInstancePrivacyMonitor(Callback):
             "dataset_fingerprint": (
                 dataset_fingerprint(plan.data.dataset, n) if plan.data is not None else None
             ),
+            # The recording configuration `unlearn` checks (lightning_unlearn.integrity).
+            "model_fingerprint": architecture_fingerprint(pl_module),
+            "batch_size": plan.global_batch,
             "noise_multiplier": self.noise.noise_multiplier,
             "max_grad_norm": self.noise.max_grad_norm,
             "estimator": self.estimator,
@@ -513,9 +517,14 @@ class PerInstancePrivacyMonitor(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()
-        if self.save_dir is None or self._ledger is None or not trainer.is_global_zero:
+        if self._ledger is None:
             return
-        self._ledger.metadata = {**self._ledger.metadata, **self._run_summary()}
+        # The run's length and final weights: budgets are capped by the former, and `unlearn`
+        # checks that the ledger describes the checkpoint it is given by the latter.
+        summary = {**self._run_summary(), "model_sha256": tensors_sha256(pl_module)}
+        self._ledger.metadata = {**self._ledger.metadata, **summary}
+        if self.save_dir is None or not trainer.is_global_zero:
+            return
         self._ledger.save(self.save_dir / "privacy_ledger.pt")
         self._ledger.to_csv(self.save_dir / "privacy_ledger.csv", delta=self.delta)
 

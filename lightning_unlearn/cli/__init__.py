@@ -1,4 +1,5 @@
-"""The ``lightning-unlearn`` command: ``fit``, ``unlearn``, ``evaluate``, ``demo``, ``reproduce``.
+"""The ``lightning-unlearn`` command: ``fit``, ``unlearn``, ``audit``, ``evaluate``, ``demo``,
+``reproduce``.
 
 Run ``lightning-unlearn <command> --help`` for each command's options. Every command accepts
 ``--config file.yaml`` (see ``examples/configs/``).
@@ -16,6 +17,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, str] = {
     "fit": "train a classifier with the per-instance privacy monitor (checkpoint + ledger)",
     "unlearn": "unlearn a forget set with a budget from its privacy losses (checkpoint + JSON)",
+    "audit": "re-verify the audit record of an `unlearn` result against its files",
     "evaluate": "measure forgetting: losses, accuracy, MIA AUROC, vs. an oracle, loss barrier",
     "demo": "the whole story on scikit-learn's digits in about a minute (report + plots)",
     "reproduce": "the paper's experiment on Fashion-MNIST (steps-to-unlearn, barriers, scores)",
@@ -41,14 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 on a usage error or a clear, expected error (missing
-        or wrong files, bad ids), which is printed without a traceback.
+        The exit status: 0 on success, 1 when ``audit`` finds a mismatch, 2 on a usage error
+        or a clear, expected error (bad values, missing, wrong or corrupt files, bad ids, a
+        failed write), printed as one line without a traceback.
     """
     import torch
 
     from lightning_unlearn import __version__
     from lightning_unlearn.cli._args import parse_args
-    from lightning_unlearn.errors import LightningUnlearnError
+    from lightning_unlearn.errors import AuditMismatchError, LightningUnlearnError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -81,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lightning-unlearn {name}: error: {err}", file=sys.stderr)
         return 2
+    except AuditMismatchError as err:
+        print(f"lightning-unlearn {name}: {err}", file=sys.stderr)
+        return 1
     except (LightningUnlearnError, FileNotFoundError) as err:
         print(f"lightning-unlearn {name}: error: {err}", file=sys.stderr)
         return 2

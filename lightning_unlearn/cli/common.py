@@ -3,13 +3,14 @@
 Checkpoints written by the command line are a subset of Lightning's format (``state_dict``,
 ``hyper_parameters``) plus a ``"lightning_unlearn"`` entry naming the model class and the data
 set, so ``GroupNormCNN.load_from_checkpoint`` reads them too. They hold only tensors and plain
-Python values and are always read back with ``torch.load(..., weights_only=True)``.
+Python values, carry an embedded SHA-256 (:mod:`lightning_unlearn.cli.checkpointing`) and are
+always read back with ``torch.load(..., weights_only=True)`` and verified.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from lightning_unlearn.data.modules import (
     TensorSplitDataModule,
 )
 from lightning_unlearn.errors import CheckpointError, LedgerMismatchError
+from lightning_unlearn.integrity import load_verified, save_verified, write_json
 from lightning_unlearn.models import ClassifierModule, GroupNormCNN, MLPClassifier, build_model
+from lightning_unlearn.validation import check_sample_ids
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -95,7 +98,8 @@ def save_model_checkpoint(
     datamodule: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a model checkpoint that loads safely (``weights_only=True``).
+    """Write a model checkpoint that loads safely (``weights_only=True``), atomically, with an
+    embedded checksum.
 
     Args:
         model: a :class:`GroupNormCNN` or :class:`MLPClassifier`.
@@ -108,8 +112,6 @@ def save_model_checkpoint(
     """
     from lightning_unlearn.models import model_name
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "hyper_parameters": json.loads(json.dumps(dict(model.hparams))),
@@ -121,22 +123,7 @@ def save_model_checkpoint(
             "extra": json.loads(json.dumps(extra or {})),
         },
     }
-    torch.save(checkpoint, path)
-    return path
-
-
-def _torch_load(path: str | Path, what: str, hint: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The {what} file {str(path)!r} does not exist; {hint}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"Expected {str(path)!r} to be a {what} saved with torch.save, but it could not be "
-            f"read safely ({first}); {hint}"
-        ) from None
+    return save_verified(checkpoint, path)
 
 
 def load_model_checkpoint(path: str | Path) -> tuple[ClassifierModule, dict[str, Any]]:
@@ -152,10 +139,11 @@ def load_model_checkpoint(path: str | Path) -> tuple[ClassifierModule, dict[str,
     Raises:
         CheckpointError: the file is missing, unreadable, or not a lightning-unlearn
             checkpoint.
+        IntegrityError: its embedded checksum is missing or differs (a corrupt file).
     """
     hint = "pass the `model.ckpt` written by `lightning-unlearn fit` (or `unlearned.ckpt`)."
-    checkpoint = _torch_load(path, "checkpoint", hint)
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+    checkpoint = load_verified(path, "checkpoint", hint, expect_key=CHECKPOINT_KEY)
+    if CHECKPOINT_KEY not in checkpoint:
         raise CheckpointError(
             f"Expected {str(path)!r} to be a lightning-unlearn model checkpoint (with a "
             f"{CHECKPOINT_KEY!r} entry), but it is not; {hint}"
@@ -211,9 +199,17 @@ def load_ledger(path: str | Path, num_samples: int | None = None) -> PrivacyLedg
     return ledger
 
 
+_INLINE_IDS = re.compile(r"^\s*[+-]?\d+(\s*,\s*[+-]?\d+)*\s*,?\s*$")
+
+
 def read_forget_ids(spec: str) -> torch.Tensor:
     """Read forget ids from a file (``.json`` list, or text with ids separated by commas or
     whitespace) or from an inline comma-separated list such as ``"3,17,42"``.
+
+    The ids are checked here, where they enter
+    (:func:`~lightning_unlearn.validation.check_sample_ids`): integers only (JSON floats and
+    booleans are errors, not truncated), within int64; an inline list may hold negative numbers
+    (``-1,3``), which the range check against the data set then reports.
 
     Args:
         spec: a path or an inline list.
@@ -222,34 +218,35 @@ def read_forget_ids(spec: str) -> torch.Tensor:
         The ids as a 1-D long tensor (validation against the data set happens later).
 
     Raises:
-        CheckpointError: the file is missing or holds something other than integers.
+        CheckpointError: the file is missing or is not valid JSON.
+        InvalidArgumentError: a value is not an integer id.
     """
     path = Path(spec)
-    inline = not path.exists() and all(part.strip().isdigit() for part in spec.split(",") if part)
-    if inline and spec.strip():
-        return torch.tensor([int(p) for p in spec.split(",") if p.strip()], dtype=torch.long)
+    if not path.exists() and _INLINE_IDS.match(spec):
+        return check_sample_ids([p for p in spec.split(",") if p.strip()], "inline forget ids")
     if not path.is_file():
         raise CheckpointError(
             f"The forget-id file {spec!r} does not exist; pass a .json list, a text file of "
             "integer ids, or an inline list such as `3,17,42`."
         )
     text = path.read_text()
-    try:
-        values = json.loads(text) if path.suffix == ".json" else text.replace(",", " ").split()
-        ids = [int(v) for v in values]
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(
-            f"Expected {spec!r} to hold integer sample ids, but reading it failed ({err})."
-        ) from None
-    return torch.tensor(ids, dtype=torch.long)
+    if path.suffix == ".json":
+        try:
+            values = json.loads(text)
+        except ValueError as err:
+            raise CheckpointError(f"Expected {spec!r} to be a JSON list of ids: {err}.") from None
+        if not isinstance(values, list):
+            raise CheckpointError(
+                f"Expected {spec!r} to hold a JSON list of ids, but got {type(values).__name__}."
+            )
+    else:
+        values = text.replace(",", " ").split()
+    return check_sample_ids(values, f"the forget ids in {spec!r}")
 
 
 def write_forget_ids(path: str | Path, ids: torch.Tensor) -> Path:
-    """Write ids as a JSON list (readable by :func:`read_forget_ids`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([int(i) for i in ids.tolist()]))
-    return path
+    """Write ids as a JSON list (readable by :func:`read_forget_ids`), atomically."""
+    return write_json(path, [int(i) for i in ids.tolist()])
 
 
 def count_parameters(model: nn.Module) -> int:

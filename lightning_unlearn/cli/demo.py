@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from lightning_unlearn.cli.common import (
 )
 from lightning_unlearn.cli.fit import add_data_options, test_metrics
 from lightning_unlearn.cli.unlearn import add_budget_options, constants_from_args
+from lightning_unlearn.integrity import write_json
 
 __all__ = ["build_parser", "run"]
 
@@ -72,7 +72,9 @@ def build_parser(prog: str = "lightning-unlearn demo") -> argparse.ArgumentParse
         default=0.1,
         help="steps-to-unlearn tolerance on the forget-set mean loss vs the oracle's (THEORY §6)",
     )
-    parser.set_defaults(c_lsi=0.5, check_every=5, stop="observe")
+    # The demo shows the bound's budget even where it exceeds the (short) training run, which
+    # `unlearn` refuses by default; a cap still keeps a runaway budget from hanging it.
+    parser.set_defaults(c_lsi=0.5, check_every=5, stop="observe", max_budget_steps=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="outputs/demo")
     add_common(parser)
@@ -160,7 +162,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.budget_steps is not None:
             budget = compute_budget(steps=args.budget_steps)
         else:
-            budget = compute_budget(ledger, frdm, constants=constants, aggregate=args.aggregate)
+            budget = compute_budget(
+                ledger,
+                frdm,
+                constants=constants,
+                aggregate=args.aggregate,
+                max_steps=args.max_budget_steps,
+            )
         for method in methods:
             _say(f"3/4 [{name}] unlearning with {method}: budget {budget} steps")
             stopping = None
@@ -253,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     report_md, report_html = write_demo_report(out, summary, privacy, groups)
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
     _say(f"done in {summary['seconds']} s")
     print(f"\nReport: {report_html.resolve()}\n        {report_md.resolve()}")
     print(f"TensorBoard: tensorboard --logdir {tb_root.resolve()}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from lightning_unlearn.cli._args import add_common
@@ -15,6 +14,7 @@ from lightning_unlearn.cli.common import (
 )
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.errors import CheckpointError
+from lightning_unlearn.integrity import write_json
 
 __all__ = ["build_parser", "run"]
 
@@ -93,7 +93,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             metrics["forget_loss_barrier"] = forget_set_barrier(other, model, frdm)
     text = json.dumps(metrics, indent=2)
     if args.output is not None:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
+        write_json(args.output, metrics, indent=2)
     print(text)
     return metrics

@@ -1,9 +1,16 @@
-"""``lightning-unlearn fit``: train a classifier with the per-instance privacy monitor."""
+"""``lightning-unlearn fit``: train a classifier with the per-instance privacy monitor.
+
+Crash-safe: a checksummed Lightning checkpoint is written after every epoch
+(``checkpoints/last.ckpt``), ``--resume`` continues from it (``--ckpt-path`` from any
+checkpoint), and at the end the model is saved first, then the ledger, the CSV and the summary,
+each written atomically; a failing write names its file and leaves the others in place.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +25,9 @@ from lightning_unlearn.cli.common import (
     make_model,
     save_model_checkpoint,
 )
+from lightning_unlearn.errors import CheckpointError, OutputWriteError
 from lightning_unlearn.evaluation.functional import per_example_losses
+from lightning_unlearn.integrity import write_json
 
 __all__ = ["add_data_options", "build_parser", "run"]
 
@@ -66,8 +75,49 @@ def build_parser(prog: str = "lightning-unlearn fit") -> argparse.ArgumentParser
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", required=True, help="directory for the outputs")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from OUTPUT_DIR/checkpoints/last.ckpt (same options)",
+    )
+    resume.add_argument(
+        "--ckpt-path", default=None, help="continue from this checkpoint written by `fit`"
+    )
     add_common(parser)
     return parser
+
+
+def resume_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The checkpoint ``--resume`` / ``--ckpt-path`` name (None for a fresh run).
+
+    Raises:
+        CheckpointError: the checkpoint does not exist.
+    """
+    if args.ckpt_path is not None:
+        path = Path(args.ckpt_path)
+    elif args.resume:
+        path = Path(args.output_dir) / "checkpoints" / "last.ckpt"
+    else:
+        return None
+    if not path.is_file():
+        raise CheckpointError(
+            f"There is no checkpoint to resume from at {str(path)!r}; run `fit` without "
+            "`--resume` to start afresh, or pass `--ckpt-path` of an existing checkpoint."
+        )
+    return path
+
+
+def _write(path: Path, writer: Callable[[], Any], saved: list[str]) -> None:
+    try:
+        writer()
+    except OSError as err:
+        kept = f"; already saved: {', '.join(saved)}" if saved else ""
+        raise OutputWriteError(
+            f"Could not write {str(path)!r} ({err.strerror or err}){kept}. Fix the cause and "
+            "re-run with `--resume` to rewrite the outputs from the last checkpoint."
+        ) from None
+    saved.append(str(path))
 
 
 def datamodule_from_args(args: argparse.Namespace) -> Any:
@@ -90,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resume_checkpoint(args)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     dm = datamodule_from_args(args)
     dm.setup()
@@ -100,35 +151,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs,
         noise_multiplier=args.noise_multiplier,
         max_grad_norm=args.max_grad_norm,
-        save_dir=out,
         logger=tensorboard_logger(out, "tensorboard"),
         progress=not args.no_progress,
+        checkpoint_dir=out / "checkpoints",
+        ckpt_path=ckpt_path,
     )
     model.eval()
-    ckpt = save_model_checkpoint(
-        model,
-        out / "model.ckpt",
-        datamodule=describe_datamodule(dm),
-        extra={
-            "command": "fit",
-            "epochs": args.epochs,
-            "noise_multiplier": args.noise_multiplier,
-            "max_grad_norm": args.max_grad_norm,
-            "seed": args.seed,
-        },
-    )
     ledger = trained.ledger
+    saved: list[str] = []
+    ckpt = out / "model.ckpt"
+    _write(
+        ckpt,
+        lambda: save_model_checkpoint(
+            model,
+            ckpt,
+            datamodule=describe_datamodule(dm),
+            extra={
+                "command": "fit",
+                "epochs": args.epochs,
+                "noise_multiplier": args.noise_multiplier,
+                "max_grad_norm": args.max_grad_norm,
+                "seed": args.seed,
+            },
+        ),
+        saved,
+    )
+    _write(out / "privacy_ledger.pt", lambda: ledger.save(out / "privacy_ledger.pt"), saved)
+    csv_path = out / "privacy_ledger.csv"
+    _write(csv_path, lambda: ledger.to_csv(csv_path, delta=ledger.metadata.get("delta")), saved)
     order = max(ledger.alphas)
     p = ledger.privacy_loss(order)
     q = torch.quantile(p.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
     summary = {
         "checkpoint": str(ckpt),
         "ledger": str(out / "privacy_ledger.pt"),
+        "resumed_from": None if ckpt_path is None else str(ckpt_path),
         "num_train": dm.num_train,
         "train_seconds": round(trained.seconds, 2),
         **test_metrics(model, dm),
         f"P_alpha{order}_quantiles_10_50_90": [float(v) for v in q],
     }
-    (out / "fit_summary.json").write_text(json.dumps(summary, indent=2))
+    summary_path = out / "fit_summary.json"
+    _write(summary_path, lambda: write_json(summary_path, summary, indent=2), saved)
     print(json.dumps(summary, indent=2))
     return summary

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from typing_extensions import override
 
@@ -56,7 +56,8 @@ def make_trainer(
     progress: bool = True,
     **kwargs: Any,
 ) -> pl.Trainer:
-    """A single-device Trainer with quiet defaults (no checkpoints, no model summary)."""
+    """A single-device Trainer with quiet defaults (no model summary; checkpoints only when a
+    ``ModelCheckpoint`` is among ``callbacks``)."""
     return pl.Trainer(
         accelerator="auto",
         devices=1,
@@ -64,7 +65,7 @@ def make_trainer(
         max_steps=max_steps,
         logger=logger,
         callbacks=list(callbacks),
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -110,6 +111,8 @@ def train_with_monitor(
     progress: bool = True,
     extra_callbacks: Sequence[Callback] = (),
     snapshot_epoch: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    ckpt_path: str | Path | None = None,
 ) -> TrainOutput:
     """Train ``model`` on ``dm`` with a :class:`PerInstancePrivacyMonitor` attached.
 
@@ -125,6 +128,10 @@ def train_with_monitor(
         progress: show Lightning's progress bar.
         extra_callbacks: more callbacks (e.g. a difficulty monitor).
         snapshot_epoch: keep a copy of the weights after this epoch (1-based).
+        checkpoint_dir: write a checksummed Lightning checkpoint there after every epoch
+            (``epochNNNN-stepS.ckpt``, the latest kept, and ``last.ckpt``), atomically.
+        ckpt_path: resume from this checkpoint (model, optimizer, loops and the monitor's
+            ledger); verified against its embedded checksum first.
 
     Returns:
         The trained model, the ledger, the wall time and the optional early snapshot.
@@ -140,9 +147,29 @@ def train_with_monitor(
     snapshot = _SnapshotCallback(snapshot_epoch) if snapshot_epoch else None
     if snapshot is not None:
         callbacks.append(snapshot)
-    trainer = make_trainer(max_epochs=epochs, logger=logger, callbacks=callbacks, progress=progress)
+    plugins: list[Any] = []
+    if checkpoint_dir is not None or ckpt_path is not None:
+        from lightning_unlearn.cli.checkpointing import ChecksummedCheckpointIO
+
+        plugins.append(ChecksummedCheckpointIO())
+    if checkpoint_dir is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(checkpoint_dir),
+                filename="epoch{epoch:04d}-step{step}",
+                auto_insert_metric_name=False,
+                every_n_epochs=1,
+                save_top_k=1,
+                save_last=True,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
+    trainer = make_trainer(
+        max_epochs=epochs, logger=logger, callbacks=callbacks, progress=progress, plugins=plugins
+    )
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path))
     seconds = time.perf_counter() - start
     ledger = monitor.ledger.to("cpu")
     return TrainOutput(
@@ -213,17 +240,34 @@ class BudgetSpec:
     steps: int | None = None
     constants: UnlearningConstants | None = None
     aggregate: str = "max"
+    max_steps: int | None = None
 
-    def budget(self, ledger: PrivacyLedger, frdm: ForgetRetainDataModule) -> int:
-        """The budget for this forget set (see :func:`compute_budget`)."""
-        if self.steps is not None:
-            return compute_budget(steps=self.steps)
+    def budget(
+        self,
+        ledger: PrivacyLedger,
+        frdm: ForgetRetainDataModule,
+        *,
+        model: torch.nn.Module | None = None,
+        expected_metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """The budget for this forget set (see :func:`compute_budget`); the ledger's recording
+        configuration is checked against ``frdm``, ``model`` and ``expected_metadata`` in
+        both modes."""
         return compute_budget(
             ledger,
             frdm,
-            constants=self.constants,
+            steps=self.steps,
+            constants=None if self.steps is not None else self.constants,
             aggregate=self.aggregate,  # type: ignore[arg-type]
+            model=model,
+            expected_metadata=expected_metadata,
+            max_steps=self.max_steps,
         )
+
+    @property
+    def source(self) -> str:
+        """Where the budget comes from, for the audit record."""
+        return "fixed --budget-steps" if self.steps is not None else "THEORY §5 constants"
 
 
 def unlearn_forget_set(

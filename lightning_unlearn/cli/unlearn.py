@@ -31,6 +31,13 @@ def add_budget_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a fixed step budget instead of the calibrated one",
     )
+    g.add_argument(
+        "--max-budget-steps",
+        type=int,
+        default=None,
+        help="largest calibrated budget allowed (default: the training run's steps, beyond "
+        "which retraining is cheaper)",
+    )
     g.add_argument("--alpha", type=int, default=2, help="Rényi order of the target (uses P at 4α)")
     g.add_argument(
         "--c-lsi",
@@ -109,9 +116,26 @@ def stopping_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def recorded_expectations(info: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """Ledger metadata the checkpoint's training run must have recorded (beyond data, model)."""
+    extra = info.get("extra", {})
+    expected: dict[str, Any] = {"batch_size": batch_size}
+    for key in ("noise_multiplier", "max_grad_norm"):
+        if extra.get(key) is not None:
+            expected[key] = extra[key]
+    return expected
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``unlearn``; returns the result dictionary also written to ``result.json``."""
+    """Run ``unlearn``; returns the result dictionary also written to ``result.json``.
+
+    The ledger's recording configuration (data set, model architecture and final weights,
+    batch size, noise multiplier) is checked against the checkpoint in every budget mode before
+    any step runs. ``unlearned.ckpt`` is written before ``result.json``, whose ``audit`` entry
+    ``lightning-unlearn audit`` re-verifies.
+    """
     from lightning_unlearn.cli.pipeline import BudgetSpec, tensorboard_logger, unlearn_forget_set
+    from lightning_unlearn.unlearning.audit import audit_record
 
     model, info = load_model_checkpoint(args.checkpoint)
     dm = build_datamodule(info["datamodule"]["name"], **info["datamodule"]["hparams"])
@@ -129,8 +153,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steps=args.budget_steps,
         constants=None if args.budget_steps is not None else constants_from_args(args),
         aggregate=args.aggregate,
+        max_steps=args.max_budget_steps,
     )
-    budget = spec.budget(ledger, frdm)
+    budget = spec.budget(
+        ledger, frdm, model=model, expected_metadata=recorded_expectations(info, dm.batch_size)
+    )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     unlearned, result, seconds = unlearn_forget_set(
@@ -147,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     result.extra.update(
         {
-            "budget_source": "fixed" if args.budget_steps is not None else "THEORY §5 constants",
+            "budget_source": spec.source,
             "seconds": round(seconds, 2),
             "checkpoint": str(args.checkpoint),
         }
@@ -157,6 +184,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out / "unlearned.ckpt",
         datamodule=info["datamodule"],
         extra={"command": "unlearn", "method": args.method, "steps": result.steps},
+    )
+    result.audit = audit_record(
+        forget_ids=frdm.forget_ids,
+        ledger=ledger,
+        model_before=model,
+        model_after=unlearned,
+        budget=budget,
+        budget_source=spec.source,
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+        files={
+            "checkpoint": args.checkpoint,
+            "ledger": args.ledger,
+            "unlearned_checkpoint": str(ckpt),
+        },
     )
     result.to_json(out / "result.json")
     summary = {

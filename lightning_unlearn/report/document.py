@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_unlearn.integrity import atomic_write
+
 __all__ = ["Report", "format_number"]
 
 
@@ -188,6 +190,7 @@ class Report:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         md, page = out / f"{name}.md", out / f"{name}.html"
-        md.write_text(self.to_markdown(), encoding="utf-8")
-        page.write_text(self.to_html(), encoding="utf-8")
+        for path, text in ((md, self.to_markdown()), (page, self.to_html())):
+            with atomic_write(path, "w") as fh:
+                fh.write(text)
         return md, page

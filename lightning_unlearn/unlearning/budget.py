@@ -1,11 +1,20 @@
-"""How many unlearning steps a forget set gets: THEORY §5 as ``Trainer(max_steps=...)``."""
+"""How many unlearning steps a forget set gets: THEORY §5 as ``Trainer(max_steps=...)``.
+
+Before a budget is computed the ledger is checked against what is being unlearned (its data
+set, and with ``model=`` the architecture and the exact trained weights it was recorded with);
+a recorded key that is missing counts as a mismatch. A budget is capped: by default at the
+number of steps of the training run the ledger records, beyond which retraining on the retain
+set costs less than unlearning (:class:`~lightning_unlearn.errors.BudgetTooLargeError`).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from lightning_unlearn.accounting import (
     PrivacyLedger,
@@ -16,11 +25,59 @@ from lightning_unlearn.accounting import (
 )
 from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.data.splits import ForgetRetainDataModule, validate_forget_ids
-from lightning_unlearn.errors import LedgerMismatchError
+from lightning_unlearn.errors import BudgetTooLargeError, LedgerIntegrityError, LedgerMismatchError
+from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
+from lightning_unlearn.validation import check_int
 
-__all__ = ["Aggregate", "check_ledger", "compute_budget", "forget_privacy_loss"]
+__all__ = [
+    "FALLBACK_MAX_STEPS",
+    "Aggregate",
+    "budget_cap",
+    "check_ledger",
+    "compute_budget",
+    "forget_privacy_loss",
+    "recording_expectations",
+]
 
 Aggregate = Literal["max", "mean", "sum"]
+
+FALLBACK_MAX_STEPS = 1_000_000
+"""The budget cap of a ledger that records no run length (``metadata["steps"]``)."""
+
+
+def recording_expectations(
+    *,
+    model: nn.Module | None = None,
+    dataset: Any = None,
+    num_samples: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The ledger metadata a run on ``model`` / ``dataset`` must have recorded.
+
+    :class:`~lightning_unlearn.PerInstancePrivacyMonitor` records ``dataset_fingerprint``
+    (:func:`~lightning_unlearn.data.dataset_fingerprint`), ``model_fingerprint`` (names, shapes
+    and dtypes of the weights), ``model_sha256`` (the weights at the end of ``fit``) and
+    ``batch_size`` (the global batch).
+
+    Args:
+        model: the trained model the forget set is unlearned from.
+        dataset: the training data set (its ids are the ledger's rows).
+        num_samples: its size (default ``len(dataset)``).
+        batch_size: the training run's global batch size.
+
+    Returns:
+        A dict for :func:`check_ledger`'s ``expected_metadata``.
+    """
+    expected: dict[str, Any] = {}
+    if dataset is not None:
+        n = len(dataset) if num_samples is None else num_samples
+        expected["dataset_fingerprint"] = dataset_fingerprint(dataset, n)
+    if model is not None:
+        expected["model_fingerprint"] = architecture_fingerprint(model)
+        expected["model_sha256"] = tensors_sha256(model)
+    if batch_size is not None:
+        expected["batch_size"] = batch_size
+    return expected
 
 
 def check_ledger(
@@ -28,17 +85,17 @@ def check_ledger(
     num_samples: int,
     expected_metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Check that ``ledger`` was recorded on the data set being unlearned.
+    """Check that ``ledger`` was recorded on the data set (and model) being unlearned.
 
     Args:
         ledger: the training run's ledger.
         num_samples: size ``N`` of the data set the forget ids refer to.
-        expected_metadata: entries the ledger's ``metadata`` must agree with (for example
-            ``{"dataset_fingerprint": ...}``); keys absent from the ledger (or ``None`` there)
-            are not checked.
+        expected_metadata: entries the ledger's ``metadata`` must hold with these values (for
+            example :func:`recording_expectations`); an entry the ledger lacks (or holds as
+            ``None``) is a mismatch, not a pass.
 
     Raises:
-        LedgerMismatchError: ``N`` differs or a metadata entry differs.
+        LedgerMismatchError: ``N`` differs, or a metadata entry differs or is missing.
 
     Example:
         >>> from lightning_unlearn.accounting import PrivacyLedger
@@ -55,12 +112,54 @@ def check_ledger(
             "on this data set."
         )
     for key, value in (expected_metadata or {}).items():
-        if ledger.metadata.get(key) is not None and ledger.metadata[key] != value:
+        saved = ledger.metadata.get(key)
+        if saved is None:
             raise LedgerMismatchError(
-                f"Expected ledger metadata {key!r} = {value!r}, but the ledger has "
-                f"{ledger.metadata[key]!r}: it was recorded on another data set or run; load "
-                "the ledger of this training run."
+                f"Expected the ledger's metadata to record {key!r} (= {value!r} for the model "
+                "and data being unlearned), but it has none, so it cannot be checked against "
+                "them. Use the ledger written by the training run of this checkpoint with this "
+                "version of lightning_unlearn (re-run training with the monitor)."
             )
+        if saved != value:
+            raise LedgerMismatchError(
+                f"Expected ledger metadata {key!r} = {value!r}, but the ledger has {saved!r}: "
+                "it was recorded on another data set, model or run; load the ledger of this "
+                "training run."
+            )
+
+
+def budget_cap(ledger: PrivacyLedger | None, max_steps: int | None = None) -> tuple[int, str]:
+    """The largest budget allowed and where it comes from.
+
+    Args:
+        ledger: the training run's ledger (its ``metadata["steps"]`` is the default cap).
+        max_steps: an explicit cap (wins).
+
+    Returns:
+        ``(cap, source)``, the source a phrase for messages.
+
+    Raises:
+        InvalidArgumentError: ``max_steps`` is not an integer ``>= 0``.
+    """
+    if max_steps is not None:
+        return check_int("max_steps", max_steps, minimum=0), "the given `max_steps`"
+    steps = None if ledger is None else ledger.metadata.get("steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
+        return steps, "the length of the training run the ledger records"
+    return FALLBACK_MAX_STEPS, "the default for ledgers without a recorded run length"
+
+
+def _capped(k: int, p: float, order: int, aggregate: str, cap: tuple[int, str]) -> int:
+    limit, source = cap
+    if k > limit:
+        raise BudgetTooLargeError(
+            f"The forget set's privacy loss P = {p:.6g} (order {order}, {aggregate}) implies "
+            f"{k} unlearning steps, more than the maximum {limit} ({source}); retraining "
+            "without the forget set costs about one training run, so it is cheaper. Retrain on "
+            "the retain set (e.g. `lightning_unlearn.unlearning.train_oracle`), or allow more "
+            "steps with `max_steps=` (`--max-budget-steps` on the command line)."
+        )
+    return k
 
 
 def forget_privacy_loss(
@@ -89,7 +188,14 @@ def forget_privacy_loss(
     """
     ids = validate_forget_ids(forget_ids, ledger.num_samples)
     losses = ledger.privacy_loss(order)
-    return float(forget_set_privacy_loss(losses, ids.to(losses.device), aggregate).item())
+    value = float(forget_set_privacy_loss(losses, ids.to(losses.device), aggregate).item())
+    if not math.isfinite(value) or value < 0:
+        raise LedgerIntegrityError(
+            f"The forget set's privacy loss P(F, {order}) is {value}, but losses are finite and "
+            "non-negative: the ledger is corrupt. Reload it from its file (the load verifies "
+            "it) or recompute it by re-running training with the monitor."
+        )
+    return value
 
 
 def compute_budget(
@@ -103,6 +209,8 @@ def compute_budget(
     aggregate: Aggregate = "max",
     num_samples: int | None = None,
     expected_metadata: Mapping[str, Any] | None = None,
+    model: nn.Module | None = None,
+    max_steps: int | None = None,
 ) -> int:
     r"""The number of unlearning steps for a forget set: use it as ``Trainer(max_steps=...)``.
 
@@ -120,10 +228,14 @@ def compute_budget(
     * ``step_model`` fitted to measured steps on probe forget sets
       (:func:`~lightning_unlearn.accounting.fit_step_model`, :math:`k = a \log P + b`), read at
       the Rényi ``order`` it was fitted at; rounded up (a budget is conservative).
-    * ``steps``: a fixed number.
+    * ``steps``: a fixed number (not capped: it is what was asked for).
 
     :math:`P(F, \cdot)` aggregates the forget set's per-example losses (``aggregate``, default
     max); with ``"max"`` or ``"sum"`` the budget never decreases when any example's loss grows.
+
+    Whenever a ``ledger`` is given (with ``steps`` too) it is checked first: its size, and the
+    recording configuration :func:`recording_expectations` derives from the data module's data
+    set and from ``model``; a key the ledger lacks is a mismatch.
 
     Args:
         ledger: the training run's :class:`~lightning_unlearn.PrivacyLedger` (not needed with
@@ -137,17 +249,21 @@ def compute_budget(
         aggregate: ``"max"``, ``"mean"`` or ``"sum"``.
         num_samples: size of the data set the ids refer to (default: the data module's, else
             the ledger's); a different ledger size is an error.
-        expected_metadata: ledger metadata entries that must match (see :func:`check_ledger`);
-            with a data module, default: the ``"dataset_fingerprint"`` that
-            :class:`~lightning_unlearn.PerInstancePrivacyMonitor` records, computed on
-            ``forget.dataset``.
+        expected_metadata: more ledger metadata entries that must match (see
+            :func:`check_ledger`); with a data module the ``"dataset_fingerprint"`` of
+            ``forget.dataset`` is always expected.
+        model: the trained model being unlearned: the ledger must record its architecture
+            and exactly these weights (``model_fingerprint``, ``model_sha256``).
+        max_steps: the largest budget allowed (default: see :func:`budget_cap`).
 
     Returns:
         The budget, an int ``>= 0``.
 
     Raises:
         ValueError: not exactly one source, or a missing argument.
-        LedgerMismatchError: the ledger belongs to another data set.
+        LedgerMismatchError: the ledger belongs to another data set, model or run.
+        LedgerIntegrityError: the forget set's losses are NaN, infinite or negative.
+        BudgetTooLargeError: the budget exceeds the cap; retraining is cheaper.
         ForgetSetError: invalid forget ids.
         UnsupportedOrderError: the ledger lacks the needed order.
 
@@ -167,33 +283,42 @@ def compute_budget(
             "Expected exactly one of `constants`, `step_model` or `steps`, but got "
             f"{sources}; pass the bound's constants, a fitted step model, or a fixed number."
         )
-    if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"Expected `steps` to be an int >= 0, but got {steps!r}.")
-        return steps
-    if ledger is None or forget is None:
-        raise ValueError(
-            "Expected a `ledger` and the `forget` ids (or a ForgetRetainDataModule) to compute "
-            "a budget from privacy losses, but got None."
-        )
-    if isinstance(forget, ForgetRetainDataModule):
-        num_samples = forget.num_samples if num_samples is None else num_samples
-        if expected_metadata is None and ledger.metadata.get("dataset_fingerprint"):
-            expected_metadata = {
-                "dataset_fingerprint": dataset_fingerprint(forget.dataset, forget.num_samples)
-            }
-        forget = forget.forget_ids
-    check_ledger(
-        ledger, ledger.num_samples if num_samples is None else num_samples, expected_metadata
-    )
-    if constants is not None:
-        p = forget_privacy_loss(ledger, forget, constants.privacy_order, aggregate)
-        return int(unlearning_steps(p, constants).item())
-    assert step_model is not None
-    if order is None:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"Expected `steps` to be an int >= 0, but got {steps!r}.")
+    if step_model is not None and order is None:
         raise ValueError(
             "Expected the Rényi `order` at which `step_model` was fitted (for example 4 * alpha), "
             "but got None."
         )
+    if ledger is None:
+        if steps is not None:
+            return steps
+        raise ValueError(
+            "Expected a `ledger` and the `forget` ids (or a ForgetRetainDataModule) to compute "
+            "a budget from privacy losses, but got None."
+        )
+    expected = dict(expected_metadata or {})
+    expected.update(recording_expectations(model=model))
+    if isinstance(forget, ForgetRetainDataModule):
+        num_samples = forget.num_samples if num_samples is None else num_samples
+        expected.setdefault(
+            "dataset_fingerprint", dataset_fingerprint(forget.dataset, forget.num_samples)
+        )
+        forget = forget.forget_ids
+    check_ledger(ledger, ledger.num_samples if num_samples is None else num_samples, expected)
+    if steps is not None:
+        return steps
+    if forget is None:
+        raise ValueError(
+            "Expected the `forget` ids (or a ForgetRetainDataModule) to compute a budget from "
+            "privacy losses, but got None."
+        )
+    cap = budget_cap(ledger, max_steps)
+    if constants is not None:
+        p = forget_privacy_loss(ledger, forget, constants.privacy_order, aggregate)
+        k = int(unlearning_steps(p, constants).item())
+        return _capped(k, p, constants.privacy_order, aggregate, cap)
+    assert step_model is not None
+    assert order is not None
     p = forget_privacy_loss(ledger, forget, order, aggregate)
-    return int(step_model.predict(p, rounding="ceil").item())
+    return _capped(int(step_model.predict(p, rounding="ceil").item()), p, order, aggregate, cap)

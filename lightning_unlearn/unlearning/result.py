@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from lightning_unlearn.evaluation.functional import loss_mia_auroc, per_example_losses
+from lightning_unlearn.integrity import atomic_write
 
 __all__ = ["UnlearningResult", "evaluate_splits"]
 
@@ -35,6 +36,8 @@ class UnlearningResult:
         trajectory: the loss-calibrated stopping checks, one dict per check (``step``,
             ``forget_loss``, ``heldout_loss``, ``loss_gap``, ``mia_auroc``, ``satisfied``).
         extra: free-form JSON-able details (e.g. the budget's privacy loss and aggregate).
+        audit: the audit record of the deletion request
+            (:func:`~lightning_unlearn.unlearning.audit.audit_record`; empty when none was made).
 
     Example:
         >>> r = UnlearningResult(method="finetune", steps=3, budget=10, stop_reason="calibrated")
@@ -51,9 +54,10 @@ class UnlearningResult:
     after: dict[str, Any] = dataclasses.field(default_factory=dict)
     trajectory: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    audit: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """Serialise to JSON; also write it to ``path`` when given.
+        """Serialise to JSON; also write it to ``path`` (atomically) when given.
 
         Args:
             path: optional file to write.
@@ -63,7 +67,8 @@ class UnlearningResult:
         """
         text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text)
+            with atomic_write(path, "w") as fh:
+                fh.write(text)
         return text
 
     @classmethod
