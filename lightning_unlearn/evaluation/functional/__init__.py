@@ -44,6 +44,7 @@ from lightning_unlearn.evaluation.functional.selection import (
 )
 from lightning_unlearn.evaluation.functional.steps import (
     Band,
+    BandRule,
     MeasurementError,
     StepsResult,
     binned_kl,
@@ -59,6 +60,7 @@ from lightning_unlearn.evaluation.functional.survival import (
 
 __all__ = [
     "Band",
+    "BandRule",
     "BootstrapCI",
     "KSResult",
     "KaplanMeier",
