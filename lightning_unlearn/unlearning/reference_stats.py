@@ -138,12 +138,21 @@ class ReferenceStatistics:
             inside=masked_moments(values, self.in_mask[:, ids] & ~values.isnan()),
         )
 
-    def lira_scores(self, phi: Tensor, sample_ids: Tensor | None = None) -> Tensor:
+    def lira_scores(
+        self, phi: Tensor, sample_ids: Tensor | None = None, *, global_std: bool = True
+    ) -> Tensor:
         """U-LiRA-style log likelihood ratio (IN vs OUT Gaussians) of a tested model's ``phi``.
+
+        With few reference models the per-example standard deviations are too noisy (four
+        OUT models give a spread that can be ~0, and the Gaussian ratio then explodes); LiRA's
+        "fixed variance" variant (Carlini et al. 2022, used with few shadow models) replaces
+        them by one IN and one OUT standard deviation for all examples, the root mean of the
+        per-example variances. ``global_std=False`` keeps the per-example ones.
 
         Args:
             phi: ``[E]`` the tested (e.g. unlearned) model's confidence on ``sample_ids``.
             sample_ids: ``[E]`` ids (default ``0 .. N-1``).
+            global_std: use the fixed (data-set-wide) standard deviations.
 
         Returns:
             ``[E]`` float64 scores; > 0 means "looks trained on" (Carlini et al. 2022).
@@ -151,8 +160,12 @@ class ReferenceStatistics:
         ids = torch.arange(self.phi.shape[1]) if sample_ids is None else sample_ids.long()
         ids = ids.to(self.phi.device)
         inside, out = self.in_moments("phi"), self.out_moments("phi")
+        in_std, out_std = inside.std[ids], out.std[ids]
+        if global_std:
+            in_std = torch.full_like(in_std, float(inside.std.square().nanmean().sqrt()))
+            out_std = torch.full_like(out_std, float(out.std.square().nanmean().sqrt()))
         return gaussian_likelihood_ratio(
-            phi.to(self.phi.device), inside.mean[ids], inside.std[ids], out.mean[ids], out.std[ids]
+            phi.to(self.phi.device), inside.mean[ids], in_std, out.mean[ids], out_std
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:

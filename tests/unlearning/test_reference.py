@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from torch.utils.data import DataLoader
 
@@ -111,8 +112,20 @@ def test_train_resume_and_statistics(tmp_path) -> None:
         stats.targets([0, 5])
     targets = stats.targets([0, 5], min_models=2, rule="range")
     assert targets.band.lower.tolist() == [float(phi[~mask[:, i], i].min()) for i in (0, 5)]
-    lira = stats.lira_scores(stats.phi[0, [0, 5]], torch.tensor([0, 5]))
-    assert lira.shape == (2,)
+    tested = stats.phi[0, [0, 5]]
+    lira = stats.lira_scores(tested, torch.tensor([0, 5]), global_std=False)
+    for value, i in zip(lira.tolist(), (0, 5), strict=True):
+        col_in, col_out = phi[mask[:, i], i], phi[~mask[:, i], i]
+        ref = scipy.stats.norm.logpdf(phi[0, i], col_in.mean(), col_in.std(ddof=1))
+        ref -= scipy.stats.norm.logpdf(phi[0, i], col_out.mean(), col_out.std(ddof=1))
+        assert value == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    fixed = stats.lira_scores(tested, torch.tensor([0, 5]))
+    sd_in = np.sqrt(np.mean([phi[mask[:, i], i].var(ddof=1) for i in range(NUM)]))
+    sd_out = np.sqrt(np.mean([phi[~mask[:, i], i].var(ddof=1) for i in range(NUM)]))
+    for value, i in zip(fixed.tolist(), (0, 5), strict=True):
+        ref = scipy.stats.norm.logpdf(phi[0, i], phi[mask[:, i], i].mean(), sd_in)
+        ref -= scipy.stats.norm.logpdf(phi[0, i], phi[~mask[:, i], i].mean(), sd_out)
+        assert value == pytest.approx(ref, rel=1e-9, abs=1e-9)
     stats.save(tmp_path / "stats.pt")
     loaded = ReferenceStatistics.load(tmp_path / "stats.pt")
     assert torch.equal(loaded.phi, stats.phi)
