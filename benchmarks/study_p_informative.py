@@ -76,7 +76,7 @@ class Scale:
 
 
 SCALES = {
-    "smoke": Scale(240, 4, 6, 3, 4, 3, 2, 10, 2, 1, 32, 100),
+    "smoke": Scale(240, 4, 6, 3, 4, 3, 1, 10, 2, 1, 32, 100),
     "tiny": Scale(None, 40, 8, 4, 10, 3, 2, 200, 5, 1, 128, 1000),
     "small": Scale(None, 40, 16, 6, 10, 3, 3, 300, 5, 3, 128, 2000),
     "full": Scale(None, 60, 32, 10, 20, 5, 5, 600, 10, 5, 256, 5000),
@@ -84,6 +84,11 @@ SCALES = {
 ORDER = 8  # P(x, 4 alpha) at alpha = 2 (THEORY §5)
 BATCH, LR, UNLEARN_LR, Z = 64, 0.1, 0.1, 2.0
 TRAINER = {"accelerator": "cpu", "devices": 1, "deterministic": True}
+# Band lower edges per outcome (None: the band's own lower edge; -inf: one-sided).
+OUTCOMES: dict[str, tuple[float | None, float | None]] = {
+    "two_sided": (None, None),
+    "one_sided": (-math.inf, -math.inf),
+}
 
 
 def _say(text: str) -> None:
@@ -94,8 +99,9 @@ def make_model(hidden: int) -> MLPClassifier:
     return MLPClassifier(input_dim=64, hidden=(hidden,), lr=LR)
 
 
-def _fit(model: pl.LightningModule, data: Any, epochs: int, seed: int, callbacks: list) -> None:
-    pl.seed_everything(seed, verbose=False)
+def _fit(hidden: int, data: Any, epochs: int, seed: int, callbacks: list) -> MLPClassifier:
+    pl.seed_everything(seed, verbose=False)  # before the model: same initialisation every run
+    model = make_model(hidden)
     loader = DataLoader(data, batch_size=BATCH, sampler=EpochSeededSampler(len(data), seed))
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -107,6 +113,7 @@ def _fit(model: pl.LightningModule, data: Any, epochs: int, seed: int, callbacks
         **TRAINER,
     )
     trainer.fit(model, train_dataloaders=loader)
+    return model
 
 
 def _monitor(sigma: float, clip: float | None) -> PerInstancePrivacyMonitor:
@@ -118,15 +125,14 @@ def _monitor(sigma: float, clip: float | None) -> PerInstancePrivacyMonitor:
 def _train_scores(sc: Scale, train: IndexedDataset, seed: int) -> dict[str, Any]:
     """The three monitored runs, the trained model and its per-example scores."""
     pilot = _monitor(1.0, None)
-    _fit(make_model(sc.hidden), train, 1, seed, [pilot])
+    _fit(sc.hidden, train, 1, seed, [pilot])
     first_norms = pilot.ledger.sq_norm_sum.double().sqrt().cpu()
     sigma_scaled = float(first_norms.median())
     configs = {"nominal": (1.0, None), "clip1": (1.0, 1.0), "scaled": (sigma_scaled, None)}
     models, ledgers = {}, {}
     for name, (sigma, clip) in configs.items():
         monitor = _monitor(sigma, clip)
-        model = make_model(sc.hidden)
-        _fit(model, train, sc.epochs, seed, [monitor])
+        model = _fit(sc.hidden, train, sc.epochs, seed, [monitor])
         models[name], ledgers[name] = model.eval(), monitor.ledger.to("cpu")
     ref = models["nominal"].state_dict()
     identical = all(
@@ -177,15 +183,24 @@ def _measure_set(
             seed=seed * 100 + r,
             trainer_kwargs=TRAINER,
         )
-        s = first_hold_step(traj.set_metric("phi"), band.lower, band.upper, hold=sc.hold)
-        e = first_hold_step(traj.phi.T, targets.band.lower, targets.band.upper, hold=sc.hold)
-        finals.append(traj.phi[-1])
-        runs.append(
-            {
+        record: dict[str, Any] = {}
+        for side, (set_lo, ex_lo) in OUTCOMES.items():
+            # "one_sided": arrived once phi is no higher than the band allows (no more
+            # member-like than the oracles); overshooting below is not a failure to unlearn.
+            set_lo = band.lower if set_lo is None else set_lo
+            ex_lo = targets.band.lower if ex_lo is None else ex_lo
+            s = first_hold_step(traj.set_metric("phi"), set_lo, band.upper, hold=sc.hold)
+            e = first_hold_step(traj.phi.T, ex_lo, targets.band.upper, hold=sc.hold)
+            record[side] = {
                 "set_steps": int(s.steps),
                 "set_arrived": bool(s.arrived),
                 "example_steps": e.steps.tolist(),
                 "example_arrived": e.arrived.tolist(),
+            }
+        finals.append(traj.phi[-1])
+        runs.append(
+            {
+                **record,
                 "set_phi_first_last": [float(traj.set_metric()[0]), float(traj.set_metric()[-1])],
                 "ulira_final_mean": float(stats.lira_scores(traj.phi[-1], ids).mean()),
             }
@@ -266,6 +281,11 @@ def _ci(x: list[float], y: list[float], boot: int) -> dict[str, float]:
 
 
 def summarise(per_seed: list[dict[str, Any]], sc: Scale) -> dict[str, Any]:
+    """Both outcomes (two-sided and one-sided bands), see :func:`summarise_outcome`."""
+    return {side: summarise_outcome(per_seed, sc, side) for side in OUTCOMES}
+
+
+def summarise_outcome(per_seed: list[dict[str, Any]], sc: Scale, side: str) -> dict[str, Any]:
     """Spearman with bootstrap intervals, censoring and top-group Kaplan-Meier medians."""
     names = list(per_seed[0]["example_scores"])
     set_y, set_x = [], {k: [] for k in names}
@@ -276,15 +296,16 @@ def summarise(per_seed: list[dict[str, Any]], sc: Scale) -> dict[str, Any]:
         for row in seed["rows"]:
             # Censored runs enter at their censoring time (cap - hold, the same for every run):
             # tied at the top rank, which is all that is known of them.
-            set_y.append(sum(r["set_steps"] for r in row["runs"]) / len(row["runs"]))
-            set_arrived += [r["set_arrived"] for r in row["runs"]]
+            runs = [r[side] for r in row["runs"]]
+            set_y.append(sum(r["set_steps"] for r in runs) / len(runs))
+            set_arrived += [r["set_arrived"] for r in runs]
             for k in names:
                 set_x[k].append(row["scores"][k])
             for j, sid in enumerate(row["ids"]):
-                times = [r["example_steps"][j] for r in row["runs"]]
+                times = [r["example_steps"][j] for r in runs]
                 ex_y.append(sum(times) / len(times))
                 ex_times.append(times)
-                ex_arrived.append([r["example_arrived"][j] for r in row["runs"]])
+                ex_arrived.append([r["example_arrived"][j] for r in runs])
                 for k in names:
                     ex_x[k].append(seed["example_scores"][k][sid])
     out: dict[str, Any] = {
@@ -310,18 +331,9 @@ def _fmt(v: float) -> str:
     return "not reached" if math.isinf(v) else ("n/a" if v != v else f"{v:.3g}")
 
 
-def markdown(results: dict[str, Any]) -> str:
-    s, sm = results["settings"], results["summary"]
+def _outcome_lines(sm: dict[str, Any], side: str) -> list[str]:
     lines = [
-        f"# First measurement of issue 14 (scale `{s['scale']}`)",
-        "",
-        f"Command: `{results['command']}`. Digits MLP (hidden {s['hidden']}), "
-        f"{s['epochs']} epochs, "
-        f"{s['seeds']} seed(s); {s['k']} reference models; {sm['num_sets']} forget sets of "
-        f"{s['size']} from {s['n_bins']} bins of the mean rank over all scores; {s['oracles']} "
-        f"oracles per set; {s['runs']} fine-tuning run(s) per set, {s['cap']} steps recorded at "
-        f"every step; hold window {s['hold']}; bands: mean ± {Z} sd (set: the oracles; example: "
-        "its OUT reference models).",
+        f"## Outcome `{side}`",
         "",
         "| score | per-set Spearman [95% CI] | per-example Spearman [95% CI] |",
         "|---|---|---|",
@@ -338,19 +350,74 @@ def markdown(results: dict[str, Any]) -> str:
         f"{sm['example_runs_censored']:.0%} of (example, run) pairs. All examples: KM median "
         f"{_fmt(sm['all_examples_km']['km_median'])} steps.",
         "",
-        "| top quartile of | KM median steps | fraction censored | n |",
+        "| top quartile of | KM median steps | fraction censored | n (example, run) |",
         "|---|---|---|---|",
     ]
     for k, v in sm["top_quartile"].items():
         lines.append(
             f"| {k} | {_fmt(v['km_median'])} | {v['fraction_censored']:.2f} | {int(v['n'])} |"
         )
-    lines += ["", "| seed | sigma_scaled | Spearman(P, sum g^2) nominal / clip1 / scaled |"]
-    lines.append("|---|---|---|")
+    return [*lines, ""]
+
+
+def _set_lines(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Forget sets",
+        "",
+        "| seed | bin | mean P_nominal | oracle band (mean phi) | phi step 0 -> last "
+        "| steps two-sided / one-sided | U-LiRA before -> after | KLoM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for seed in results["seeds"]:
+        for row in seed["rows"]:
+            lo, hi, _ = row["band"]
+            r0 = row["runs"][0]
+            steps = " ; ".join(
+                "/".join(
+                    f"{r[side]['set_steps']}{'' if r[side]['set_arrived'] else '+'}"
+                    for side in OUTCOMES
+                )
+                for r in row["runs"]
+            )
+            after = sum(r["ulira_final_mean"] for r in row["runs"]) / len(row["runs"])
+            lines.append(
+                f"| {seed['seed']} | {row['bin'] + 1} | {row['scores']['P_nominal']:.3g} | "
+                f"[{lo:.2f}, {hi:.2f}] | {r0['set_phi_first_last'][0]:.2f} -> "
+                f"{r0['set_phi_first_last'][1]:.2f} | {steps} | "
+                f"{row['ulira_initial_mean']:.2f} -> {after:.2f} | {row['klom_final_mean']:.2f} |"
+            )
+    return [*lines, "", "(`+`: censored at cap - hold; one entry per run.)", ""]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    first = next(iter(results["summary"].values()))
+    lines = [
+        f"# First measurement of issue 14 (scale `{s['scale']}`)",
+        "",
+        f"Command: `{results['command']}`. Digits MLP (hidden {s['hidden']}), "
+        f"{s['epochs']} epochs, {s['seeds']} seed(s); {s['k']} reference models; "
+        f"{first['num_sets']} forget sets of {s['size']} from {s['n_bins']} bins of the mean "
+        f"rank over all scores; {s['oracles']} oracles per set; {s['runs']} fine-tuning run(s) "
+        f"per set, {s['cap']} steps recorded at every step; hold window {s['hold']}; bands: "
+        f"mean ± {Z} sd (set: the oracles' mean phi; example: its OUT reference models). "
+        "`two_sided`: the metric stays inside the band; `one_sided`: phi stays at or below the "
+        "band's upper edge.",
+        "",
+    ]
+    for side, sm in results["summary"].items():
+        lines += _outcome_lines(sm, side)
+    lines += _set_lines(results)
+    lines += [
+        "| seed | sigma_scaled | identical models "
+        "| Spearman(P, sum g^2) nominal / clip1 / scaled |",
+        "|---|---|---|---|",
+    ]
     for seed in results["seeds"]:
         sp = seed["spearman_over_training_set"]
         lines.append(
-            f"| {seed['seed']} | {seed['sigma_scaled']:.3g} | {sp['P_nominal']:.3f} / "
+            f"| {seed['seed']} | {seed['sigma_scaled']:.3g} | "
+            f"{seed['identical_models_across_configs']} | {sp['P_nominal']:.3f} / "
             f"{sp['P_clip1']:.3f} / {sp['P_scaled']:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -147,6 +147,18 @@ def _training_dataset(data: Dataset | pl.LightningDataModule) -> IndexedDataset:
     return IndexedDataset(data)
 
 
+def _recipe(
+    probe: pl.LightningModule, batch_size: int, trainer_kwargs: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What must agree for saved models to be reused: hyper-parameters, batch size, trainer
+    settings (as JSON; objects by their ``repr``, so e.g. callbacks compare by type)."""
+    hparams = dict(getattr(probe, "hparams", {}) or {})
+    settings = {k: v for k, v in (trainer_kwargs or {}).items() if k != "callbacks"}
+    recipe = {"hparams": hparams, "batch_size": batch_size, "trainer_kwargs": settings}
+    parsed: dict[str, Any] = json.loads(json.dumps(recipe, default=repr, sort_keys=True))
+    return parsed
+
+
 def _model_path(out_dir: Path, index: int) -> Path:
     return out_dir / f"model_{index:03d}.pt"
 
@@ -172,7 +184,7 @@ def _check_manifest(out_dir: Path, expected: Mapping[str, Any]) -> None:
         _atomic_write_text(json.dumps(dict(expected), indent=2), out_dir / _MANIFEST)
         return
     found = _read_manifest(out_dir)
-    for key in ("k", "seed", "num_samples", "fingerprint"):
+    for key in ("k", "seed", "num_samples", "fingerprint", "module", "recipe"):
         if found.get(key) != expected[key]:
             raise ReferenceModelsError(
                 f"The reference models in {str(out_dir)!r} were trained with {key}="
@@ -261,6 +273,7 @@ def train_reference_models(
         "num_samples": n,
         "fingerprint": dataset_fingerprint(dataset, n),
         "module": f"{type(probe).__module__}.{type(probe).__qualname__}",
+        "recipe": _recipe(probe, batch_size, trainer_kwargs),
     }
     _check_manifest(root, manifest)
     settings: dict[str, Any] = {
@@ -352,7 +365,14 @@ class ReferenceModels:
                 missing.append(j)
                 continue
             module = make_module()
-            module.load_state_dict(payload["state_dict"])
+            try:
+                module.load_state_dict(payload["state_dict"])
+            except RuntimeError as err:
+                raise ReferenceModelsError(
+                    f"The reference model {j} in {str(root)!r} does not fit `make_module()`'s "
+                    f"module ({err}); load it with the module it was trained with, or train "
+                    "into another directory."
+                ) from None
             module.eval()
             modules.append(module)
         if missing:

@@ -74,6 +74,17 @@ def test_train_resume_and_statistics(tmp_path) -> None:
     assert SeenMLP.fits - before == 1 + 1 + 4  # probe + the retrained model + 4 loaded
     assert (tmp_path / "model_000.pt").read_bytes() == kept
     assert torch.equal(again.modules[2].seen, refs.modules[2].seen)  # same seeds: same model
+    with pytest.raises(ReferenceModelsError, match="recipe"):  # another recipe: not reused
+        train_reference_models(
+            make_seen_mlp,
+            data,
+            out_dir=tmp_path,
+            k=4,
+            seed=1,
+            batch_size=16,
+            trainer_kwargs={**TRAINER, "max_epochs": 3},
+            progress=False,
+        )
     with pytest.raises(ReferenceModelsError, match="k=4"):
         train_reference_models(
             make_seen_mlp,
