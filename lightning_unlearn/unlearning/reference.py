@@ -242,13 +242,17 @@ def train_reference_models(
         make_module: a callable returning a fresh LightningModule (define it at module level
             for ``ddp_spawn``).
         data: the training set (map-style, optionally an ``IndexedDataset``) or a data module
-            whose ``train_dataloader().dataset`` is used.
+            whose ``train_dataloader().dataset`` is used. A plain data set is wrapped in
+            ``IndexedDataset``, so ``training_step`` receives ``(x, y, sample_id)`` batches.
         out_dir: directory of the models (created).
         k: number of models, even (every example is OUT of exactly ``k/2``).
         seed: seed of the halves, of the initialisations and of the shuffling.
         batch_size: training batch size.
         trainer_kwargs: ``Trainer`` arguments (e.g. ``max_epochs``); defaults add no logger,
-            no checkpoints, no model summary, no inner progress bar.
+            no checkpoints, no model summary, no inner progress bar. Callbacks given here are
+            shared by all ``k`` fits. The settings (without callbacks), the batch size and the
+            module's ``hparams`` are the "recipe" recorded in the manifest: models saved with
+            another recipe are refused, never reused.
         num_workers: ``DataLoader`` workers.
         progress: a tqdm bar over the ``k`` models.
 

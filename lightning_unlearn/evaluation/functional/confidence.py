@@ -62,7 +62,9 @@ def logit_scaled_confidence(logits: Tensor, targets: Tensor) -> Tensor:
     if num_classes < 2:
         raise ValueError(f"Expected `logits` with C >= 2 classes, but got C = {num_classes}.")
     y = targets.long().to(logits.device)
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+    # Range-checked on the CPU only (no host synchronisation on an accelerator, where an
+    # out-of-range label fails inside `gather` instead).
+    if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(
             f"Expected `targets` in [0, {num_classes}), but got values in "
             f"[{int(y.min())}, {int(y.max())}]."
