@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "measure forgetting: losses, accuracy, MIA AUROC, vs. an oracle, loss barrier",
     "demo": "the whole story on scikit-learn's digits in about a minute (report + plots)",
     "reproduce": "the paper's experiment on Fashion-MNIST (steps-to-unlearn, barriers, scores)",
+    "reference": "train K reference models on random halves (per-example OUT targets; resumable)",
 }
 
 

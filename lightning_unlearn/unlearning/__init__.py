@@ -5,6 +5,8 @@
 - :func:`compute_budget`: the step budget (THEORY §5) for ``Trainer(max_steps=...)``.
 - :class:`LossCalibratedStopping`: stop once the forget set looks like held-out data.
 - :func:`train_oracle`, :class:`UnlearningResult`: the retrained reference and the run record.
+- :func:`train_reference_models`, :class:`ReferenceModels`: K models on random halves (per-example
+  OUT targets); :func:`record_unlearning`: the forget set at every unlearning step.
 """
 
 from lightning_unlearn.unlearning.budget import (
@@ -20,23 +22,44 @@ from lightning_unlearn.unlearning.module import (
     module_state_dict_from_checkpoint,
 )
 from lightning_unlearn.unlearning.oracle import fresh_copy, train_oracle
+from lightning_unlearn.unlearning.reference import (
+    ReferenceModels,
+    ReferenceModelsError,
+    balanced_membership,
+    train_reference_models,
+)
+from lightning_unlearn.unlearning.reference_stats import ExampleTargets, ReferenceStatistics
 from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
 from lightning_unlearn.unlearning.sgld import SGLD
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
+from lightning_unlearn.unlearning.trajectory import (
+    ForgetTrajectoryRecorder,
+    UnlearningTrajectory,
+    record_unlearning,
+)
 
 __all__ = [
     "METHODS",
     "SGLD",
     "Aggregate",
+    "ExampleTargets",
+    "ForgetTrajectoryRecorder",
     "LossCalibratedStopping",
     "Method",
+    "ReferenceModels",
+    "ReferenceModelsError",
+    "ReferenceStatistics",
     "UnlearningModule",
     "UnlearningResult",
+    "UnlearningTrajectory",
+    "balanced_membership",
     "check_ledger",
     "compute_budget",
     "evaluate_splits",
     "forget_privacy_loss",
     "fresh_copy",
     "module_state_dict_from_checkpoint",
+    "record_unlearning",
     "train_oracle",
+    "train_reference_models",
 ]

@@ -6,6 +6,12 @@ from lightning_unlearn.evaluation.functional.barrier import (
     per_example_loss_barrier,
     recompute_batchnorm,
 )
+from lightning_unlearn.evaluation.functional.confidence import (
+    MaskedMoments,
+    gaussian_likelihood_ratio,
+    logit_scaled_confidence,
+    masked_moments,
+)
 from lightning_unlearn.evaluation.functional.curvature import input_curvature
 from lightning_unlearn.evaluation.functional.difficulty import (
     el2n_scores,
@@ -25,27 +31,64 @@ from lightning_unlearn.evaluation.functional.membership import (
     mia_features,
     prediction_divergence,
 )
+from lightning_unlearn.evaluation.functional.ranking import (
+    BootstrapCI,
+    average_ranks,
+    bootstrap_spearman,
+    spearman,
+)
 from lightning_unlearn.evaluation.functional.selection import (
     correlation_table,
     forget_sets_by_quantile,
     steps_to_unlearn,
 )
+from lightning_unlearn.evaluation.functional.steps import (
+    Band,
+    BandRule,
+    MeasurementError,
+    StepsResult,
+    binned_kl,
+    first_hold_step,
+    tolerance_band,
+)
+from lightning_unlearn.evaluation.functional.survival import (
+    KaplanMeier,
+    kaplan_meier,
+    km_median,
+    summarise_censored,
+)
 
 __all__ = [
+    "Band",
+    "BandRule",
+    "BootstrapCI",
     "KSResult",
+    "KaplanMeier",
     "LearnedMIAResult",
+    "MaskedMoments",
+    "MeasurementError",
+    "StepsResult",
+    "average_ranks",
     "binary_auroc",
+    "binned_kl",
+    "bootstrap_spearman",
     "correlation_table",
     "el2n_scores",
+    "first_hold_step",
     "forget_quality_ks",
     "forget_sets_by_quantile",
     "forgetting_events",
+    "gaussian_likelihood_ratio",
     "grand_scores",
     "input_curvature",
     "interpolate_state",
+    "kaplan_meier",
+    "km_median",
     "learned_mia",
+    "logit_scaled_confidence",
     "loss_barrier",
     "loss_mia_auroc",
+    "masked_moments",
     "mean_true_class_confidence",
     "mia_features",
     "per_example_logits",
@@ -53,6 +96,9 @@ __all__ = [
     "per_example_losses",
     "prediction_divergence",
     "recompute_batchnorm",
+    "spearman",
     "steps_to_unlearn",
+    "summarise_censored",
+    "tolerance_band",
     "true_class_confidence",
 ]
