@@ -350,8 +350,8 @@ def test_kill_9_during_a_large_csv_export_keeps_the_previous_csv(tmp_path: Path)
 # ---------------------------------------------------------------- kill -9 during fit
 @pytest.mark.slow
 def test_kill_9_during_fit_then_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    epochs, kill_after = 12, random.randint(1, 6)
-    argv = ["fit", "--model", "mlp", "--epochs", str(epochs), "--batch-size", "32", "--seed", "1",
+    epochs, kill_after = 8, random.randint(1, 4)
+    argv = ["fit", "--model", "mlp", "--epochs", str(epochs), "--batch-size", "64", "--seed", "1",
             "--no-progress"]  # fmt: skip
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
