@@ -13,7 +13,6 @@ non-decreasing in the order), so a corrupted file raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import numbers
 import os
@@ -24,6 +23,12 @@ from typing import Any, get_args
 import torch
 from torch import Tensor
 
+from lightning_unlearn.accounting._ledger_checks import (
+    CONFIG_KEYS,
+    TENSORS,
+    check_plausible,
+    ledger_checksum,
+)
 from lightning_unlearn.accounting.conventions import Convention
 from lightning_unlearn.accounting.conversion import rdp_to_epsilon
 from lightning_unlearn.accounting.rdp import DEFAULT_ALPHAS, validate_alphas
@@ -32,7 +37,7 @@ from lightning_unlearn.errors import (
     LedgerMismatchError,
     UnsupportedOrderError,
 )
-from lightning_unlearn.integrity import atomic_write, json_sha256
+from lightning_unlearn.integrity import atomic_write
 
 __all__ = ["LEDGER_FORMAT_VERSION", "PrivacyLedger", "ledger_checksum"]
 
@@ -40,78 +45,10 @@ LEDGER_FORMAT_VERSION = 2
 """Version of ``state_dict``; bumped whenever its layout changes (2: with ``checksum``)."""
 
 _CSV_CHUNK_ROWS = 16384
-# Relative slack of the order-monotonicity check: P at a higher order is a sum of per-step
-# Rényi divergences that are non-decreasing in the order, each rounded at ~1e-16 relative.
-_MONOTONE_RTOL = 1e-9
 
-_TENSORS: tuple[tuple[str, torch.dtype, bool], ...] = (
-    # name, dtype, has an order dimension
-    ("privacy", torch.float64, True),
-    ("counts", torch.int64, False),
-    ("sq_norm_sum", torch.float64, False),
-    ("last_norm", torch.float64, False),
-)
-_CONFIG_KEYS = ("version", "num_samples", "alphas", "convention", "metadata")
+_TENSORS = TENSORS
+_CONFIG_KEYS = CONFIG_KEYS
 _KEYS = set(_CONFIG_KEYS) | {t[0] for t in _TENSORS}
-
-
-def ledger_checksum(state: dict[str, Any]) -> str:
-    """SHA-256 of a ledger state: its configuration and metadata (canonical JSON) and tensors.
-
-    The tensors enter in a fixed order with their dtype, shape and little-endian bytes, so the
-    digest is the same on every device and for every file format.
-
-    Args:
-        state: a :meth:`PrivacyLedger.state_dict` (its own ``"checksum"`` entry is ignored).
-
-    Returns:
-        64 hexadecimal characters.
-    """
-    digest = hashlib.sha256()
-    digest.update(json_sha256({k: state[k] for k in _CONFIG_KEYS}).encode())
-    for name, _, _ in _TENSORS:
-        t = state[name].detach().to("cpu").contiguous()
-        digest.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
-    return digest.hexdigest()
-
-
-def _check_plausible(state: dict[str, Any], what: str, *, monotone: bool) -> None:
-    """Values no run can produce: NaN/inf, negative losses, counts or norms; P falling in alpha."""
-    p = state["privacy"]
-    checks = (
-        ("privacy", p, "the privacy losses P(x, alpha)"),
-        ("sq_norm_sum", state["sq_norm_sum"], "the sums of squared norms"),
-        ("last_norm", state["last_norm"], "the last norms"),
-    )
-    for name, t, desc in checks:
-        bad = ~torch.isfinite(t) | (t < 0)
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            raise LedgerIntegrityError(
-                f"{what} is corrupt: `{name}` ({desc}) holds {int(bad.sum())} non-finite or "
-                f"negative value(s), first at sample id {row} ({t[row].tolist()}); no run "
-                "produces these. Restore the ledger file from a good copy or recompute it by "
-                "re-running training with the monitor."
-            )
-    counts = state["counts"]
-    if bool((counts < 0).any()):
-        row = int((counts < 0).nonzero()[0, 0])
-        raise LedgerIntegrityError(
-            f"{what} is corrupt: `counts` is negative at sample id {row} ({int(counts[row])}). "
-            "Restore the ledger file from a good copy or recompute it."
-        )
-    if monotone and p.shape[1] > 1:
-        low, high = p[:, :-1], p[:, 1:]
-        bad_rows = (high < low - _MONOTONE_RTOL * low.abs()).any(dim=1)
-        if bool(bad_rows.any()):
-            row = int(bad_rows.nonzero()[0, 0])
-            raise LedgerIntegrityError(
-                f"{what} is corrupt: P(x, alpha) decreases with the order alpha at sample id "
-                f"{row} ({p[row].tolist()}), but Rényi losses are non-decreasing in alpha "
-                "(THEORY §2-§3). Restore the file or recompute the ledger; a ledger filled with "
-                "a custom per-step loss that is not a Rényi divergence loads with `verify=False`."
-            )
 
 
 def _json_roundtrip(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -388,7 +325,7 @@ class PrivacyLedger:
                 UserWarning,
                 stacklevel=3,
             )
-        _check_plausible(state, what, monotone=verify)
+        check_plausible(state, what, monotone=verify)
 
     def load_state_dict(self, state_dict: dict[str, Any], *, verify: bool = True) -> None:
         """Load a state from ``state_dict`` after validating it.

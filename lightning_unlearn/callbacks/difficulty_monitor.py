@@ -32,6 +32,7 @@ from lightning_unlearn.evaluation.functional.difficulty import (
     forgetting_events,
     mean_true_class_confidence,
 )
+from lightning_unlearn.integrity import atomic_write
 
 __all__ = ["DIFFICULTY_STATE_VERSION", "DifficultyMonitor"]
 
@@ -223,9 +224,10 @@ class DifficultyMonitor(Callback):
         if self.save_dir is None or not trainer.is_global_zero or not self.epochs:
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), self.save_dir / "difficulty_state.pt")
+        with atomic_write(self.save_dir / "difficulty_state.pt") as fh:
+            torch.save(self.state_dict(), fh)
         scores = self.scores()
-        with open(self.save_dir / "difficulty_scores.csv", "w", newline="") as handle:
+        with atomic_write(self.save_dir / "difficulty_scores.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["sample_id", *scores])
             columns = [s.tolist() for s in scores.values()]

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuditMismatchError as err:
         print(f"lightning-unlearn {name}: {err}", file=sys.stderr)
         return 1
-    except (LightningUnlearnError, FileNotFoundError) as err:
+    except (LightningUnlearnError, OSError) as err:  # OSError: a file that cannot be read/written
         print(f"lightning-unlearn {name}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -294,7 +294,7 @@ def test_csv_export_memory_does_not_grow_with_n(tmp_path: Path) -> None:
     import tracemalloc
 
     peaks = []
-    for n in (40_000, 160_000):
+    for n in (20_000, 80_000):
         ledger = PrivacyLedger(n, ALPHAS)
         ledger.privacy += 1.0
         tracemalloc.start()
