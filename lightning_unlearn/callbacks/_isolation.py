@@ -8,6 +8,7 @@ restoring) the modules' buffers and plain attributes (metric states, cached hidd
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -91,43 +92,35 @@ def dropout_off(module: nn.Module) -> Iterator[None]:
                 setattr(m, "dropout", p)  # noqa: B010  (a float attribute of these classes)
 
 
-class _NoOpOptimizer:
-    """An optimizer whose ``step`` only evaluates the closure and whose ``zero_grad`` does
-    nothing; every other attribute (``param_groups``, ...) is the real one's."""
+def _no_op_copy(obj: Any, closure_step: bool) -> Any:
+    """A shallow copy of an optimizer / LightningOptimizer / scheduler (same class, so
+    ``isinstance`` checks in user code hold; same ``param_groups`` and state objects) whose
+    ``step`` does not step (an optimizer's ``step(closure)`` still evaluates the closure) and
+    whose ``zero_grad`` does nothing."""
+    stub = copy.copy(obj)
 
-    def __init__(self, real: Any) -> None:
-        self._real = real
+    def step(closure: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return closure() if closure_step and callable(closure) else None
 
-    def step(self, closure: Any = None, **kwargs: Any) -> Any:
-        return closure() if closure is not None else None
-
-    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
+    def zero_grad(*args: Any, **kwargs: Any) -> None:
         return None
 
-    def toggle_model(self, *args: Any, **kwargs: Any) -> Any:
+    def toggle_model(*args: Any, **kwargs: Any) -> Any:
         return nullcontext()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+    stub.step = step
+    if closure_step:
+        stub.zero_grad = zero_grad
+        stub.toggle_model = toggle_model
+    return stub
 
 
-class _NoOpScheduler:
-    def __init__(self, real: Any) -> None:
-        self._real = real
-
-    def step(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-def _mapped(value: Any, wrap: type) -> Any:
+def _mapped(value: Any, closure_step: bool) -> Any:
     if value is None:
         return None
     if isinstance(value, list | tuple):
-        return [wrap(v) for v in value]
-    return wrap(value)
+        return [_no_op_copy(v, closure_step) for v in value]
+    return _no_op_copy(value, closure_step)
 
 
 _STUBBED = (
@@ -162,10 +155,10 @@ def stubbed(pl_module: pl.LightningModule) -> Iterator[list[Tensor]]:
         losses.append(loss)
 
     def _optimizers(use_pl_optimizer: bool = True) -> Any:
-        return _mapped(real_optimizers(use_pl_optimizer=use_pl_optimizer), _NoOpOptimizer)
+        return _mapped(real_optimizers(use_pl_optimizer=use_pl_optimizer), True)
 
     def _schedulers() -> Any:
-        return _mapped(real_schedulers(), _NoOpScheduler)
+        return _mapped(real_schedulers(), False)
 
     def _toggled(*args: Any, **kwargs: Any) -> Any:
         return nullcontext()

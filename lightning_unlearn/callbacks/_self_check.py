@@ -177,17 +177,18 @@ def run_self_check(
     forks = [] if device.type == "cpu" else [device.index or 0]
     engine_norms: Tensor | None = None
     per_param = []
+    # Every pass starts from the module state of the batch start (a hidden state kept between
+    # steps, a cache sized to the batch) and leaves none behind.
     with (
         torch.random.fork_rng(devices=forks, device_type=device.type),
-        module_state_restored(pl_module),
         stubbed(pl_module) as losses,
         dropout_off(pl_module),
         torch.enable_grad(),
     ):
         try:
-            with trainer.precision_plugin.train_step_context():
+            with module_state_restored(pl_module), trainer.precision_plugin.train_step_context():
                 loss = monitor.self_check_loss(pl_module, batch, batch_idx)
-            torch.autograd.grad(loss, hooks.parameters, allow_unused=True)
+                torch.autograd.grad(loss, hooks.parameters, allow_unused=True)
             raw = hooks.per_sample_norms()
             weights = loss_weights_of(monitor.loss_reduction, batch)
             engine_norms = undo_loss_weights(raw, weights)
@@ -200,9 +201,12 @@ def run_self_check(
             for i in positions:
                 one = slice_example(batch, i, batch_size)
                 losses.clear()
-                with trainer.precision_plugin.train_step_context():
+                with (
+                    module_state_restored(pl_module),
+                    trainer.precision_plugin.train_step_context(),
+                ):
                     loss = monitor.self_check_loss(pl_module, one, batch_idx)
-                sq = _grad_sq(loss, named)
+                    sq = _grad_sq(loss, named)
                 w = loss_weights_of(monitor.loss_reduction, one)
                 scale = 1.0 if w is None else float(w.sum())
                 per_param.append(sq / (scale * scale) if scale > 0 else sq * 0.0)
