@@ -290,11 +290,7 @@ def _missing_share(ratios: Tensor, table: Tensor, names: list[str], module: nn.M
         for n, m in module.named_modules()
         if type(m).__name__ == "OptimizedModule" or "_orig_mod" in (n or "")
     ]
-    matches = []
-    for owner, cols in groups.items():
-        got = share[:, cols].sum(1)
-        if bool(((got - missing).abs() <= 0.02 + 0.05 * missing).all()):
-            matches.append(owner)
+    matches = _matching_groups(share, missing, groups)
     text = (
         "the engine's norm is below the reference for every example (missing share of the "
         f"squared norm {[round(float(m), 4) for m in missing]}): part of the gradient is not "
@@ -311,6 +307,24 @@ def _missing_share(ratios: Tensor, table: Tensor, names: list[str], module: nn.M
     if compiled:
         text += f"; compiled submodules here: {compiled[:5]}"
     return text + ". Compute such parameters inside a submodule's forward, or compile after fit."
+
+
+def _matching_groups(share: Tensor, missing: Tensor, groups: dict[str, list[int]]) -> list[str]:
+    """Owners whose parameters' share of the squared reference norm adds up to the missing
+    share for every checked example: one owner alone, else the largest shares taken greedily.
+    The slack covers the float32 rounding of the ratios (~1e-4) with room to spare."""
+    slack = 0.05 * missing + 5e-4
+    shares = {owner: share[:, cols].sum(1) for owner, cols in groups.items()}
+    single = [o for o, got in shares.items() if bool(((got - missing).abs() <= slack).all())]
+    if len(single) == 1:
+        return single
+    chosen: list[str] = []
+    total = torch.zeros_like(missing)
+    for owner, got in sorted(shares.items(), key=lambda kv: -float(kv[1].mean())):
+        if bool((total + got <= missing + slack).all()) and float(got.max()) > 0:
+            chosen.append(owner)
+            total = total + got
+    return chosen if bool(((total - missing).abs() <= slack).all()) else []
 
 
 def _message(
