@@ -316,10 +316,11 @@ def _mlp_loss(m: nn.Module, i: int) -> Tensor:
     ("trainer_kwargs", "records", "rtol"),
     [
         ({"precision": "bf16-mixed"}, 2, 1e-2),
+        ({"precision": "16-mixed"}, 2, 1e-2),
         ({"accumulate_grad_batches": 2}, 2, 1e-4),
         ({"gradient_clip_val": 0.05}, 2, 1e-4),
     ],
-    ids=["bf16-mixed", "accumulate", "clip"],
+    ids=["bf16-mixed", "16-mixed", "accumulate", "clip"],
 )
 def test_trainer_features_exact(trainer_kwargs: dict[str, Any], records: int, rtol: float) -> None:
     module = MLP()
