@@ -185,3 +185,24 @@ def test_slice_example_keeps_structure() -> None:
     assert one["item"].x.tolist() == [4]
     assert one["item"].name == "a"
     assert one["other"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        (lambda b: torch.ones(3), "one loss weight per example"),
+        (lambda b: -torch.ones(8), "non-negative"),
+        (lambda b: 1.0, "1-D tensor"),
+    ],
+    ids=["shape", "sign", "type"],
+)
+def test_invalid_loss_weights_are_refused(weights: Any, match: str) -> None:
+    monitor = PerInstancePrivacyMonitor(loss_reduction=weights)
+    data = loader(IndexedDataset(TensorDataset(X, Y)), batch_size=8)
+    with pytest.raises(ValueError, match=match):
+        make_trainer(max_steps=1, callbacks=[monitor]).fit(Meaned(), data)
+
+
+def test_invalid_loss_reduction_string() -> None:
+    with pytest.raises(ValueError, match="loss_reduction"):
+        PerInstancePrivacyMonitor(loss_reduction="token")  # type: ignore[arg-type]
