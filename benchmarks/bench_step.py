@@ -28,6 +28,9 @@ are recorded: on a machine shared with other jobs the CPU time is the steadier c
 * ``opacus-hooks``: Opacus per-sample gradients (``p.grad_sample``), norms taken from them;
 * ``vmap``: an extra ``torch.func.vmap(grad(...))`` pass over the batch after the backward.
 
+``--self-check-cost`` instead times the monitor's one-time first-step self-check (a batch pass
+with the hooks and four batch-of-one reference passes) against the median step of the same run.
+
 Peak memory. CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before ``fit``. CPU:
 the process's peak resident set size during ``fit`` (``VmHWM`` from ``/proc/self/status``, reset
 through ``/proc/self/clear_refs`` just before ``fit``) minus the resident size before ``fit``:
@@ -406,6 +409,7 @@ def worker(
         peak = _rss_kib("VmHWM") * 1024 - base
         mem_how = "peak RSS increase during fit (VmHWM after clear_refs)"
     stamps = callbacks[0].stamps
+    check = getattr(callbacks[-1], "self_check_result", None)  # the monitor's first-step check
     intervals = [b[0] - a[0] for a, b in itertools.pairwise(stamps)][warmup:]
     cpu = [b[1] - a[1] for a, b in itertools.pairwise(stamps)][warmup:]
     return {
@@ -422,6 +426,7 @@ def worker(
         "mem_how": mem_how,
         "data": origin,
         "threads": torch.get_num_threads(),
+        "self_check_s": None if check is None else check.seconds,
     }
 
 
@@ -603,6 +608,31 @@ def interleaved(args: argparse.Namespace, common: list[str], env: dict[str, str]
     print(f"wrote {args.out}")
 
 
+def self_check_cost(args: argparse.Namespace, common: list[str], env: dict[str, str]) -> None:
+    """``--self-check-cost``: the monitor's one-time first-step self-check (seconds) against
+    the median step of the same run, per model (``monitor-fused``, one process per model)."""
+    rows = []
+    for model in args.models:
+        res = run_sub(["--worker", model, "monitor-fused", *common], env)
+        ratio = res["self_check_s"] * 1e3 / res["ms"]
+        rows.append({"model": model, "self_check_s": res["self_check_s"], "step_ms": res["ms"]})
+        rows[-1]["ratio_to_step"] = ratio
+        print(
+            f"{model:5s} self-check {res['self_check_s'] * 1e3:8.1f} ms once = {ratio:5.1f} "
+            f"median steps of {res['ms']:.2f} ms",
+            flush=True,
+        )
+    out = {
+        "cases": rows,
+        "machine": machine_string(args.device, args.threads or None),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -627,6 +657,11 @@ def main(argv: list[str] | None = None) -> None:
         "--blocks times; ratios of step CPU time per block, medians over blocks (no memory)",
     )
     parser.add_argument("--blocks", type=int, default=6, help="rounds of --interleave")
+    parser.add_argument(
+        "--self-check-cost",
+        action="store_true",
+        help="time the monitor's one-time first-step self-check against its median step",
+    )
     parser.add_argument("--interleave-methods", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="MODEL:METHOD", help="profile one case and exit")
     parser.add_argument("--markdown", metavar="JSON", help="print a result file as Markdown")
@@ -663,6 +698,9 @@ def main(argv: list[str] | None = None) -> None:
     common += ["--threads", str(args.threads)]
     if args.interleave:
         interleaved(args, common, env)
+        return
+    if args.self_check_cost:
+        self_check_cost(args, common, env)
         return
     load_start = os.getloadavg()
     t_start = time.time()

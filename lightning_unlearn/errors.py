@@ -18,9 +18,11 @@ __all__ = [
     "LedgerMismatchError",
     "LightningUnlearnError",
     "MissingSampleIdError",
+    "MultipleBackwardError",
     "NonFiniteGradientError",
     "NormHooksError",
     "OutputWriteError",
+    "SelfCheckError",
     "UnsupportedLayerError",
     "UnsupportedModuleError",
     "UnsupportedOrderError",
@@ -114,3 +116,31 @@ class AuditMismatchError(LightningUnlearnError, ValueError):
 
 class OutputWriteError(LightningUnlearnError, OSError):
     """An output file could not be written; the message names it and what was already saved."""
+
+
+class SelfCheckError(LightningUnlearnError, RuntimeError):
+    """The monitor's first-step self-check found per-example norms that disagree with a
+    batch-of-one reference (THEORY §1: the gradient of each example's own loss).
+
+    The message lists, for every checked example, the engine's norm, the reference norm and
+    their ratio, and names the likely cause read from the pattern of the ratios (a summed loss
+    read as a mean, a token-averaged loss, a parameter or layer the engine did not see, ...).
+
+    Attributes:
+        engine: the engine's norms of the checked examples (1-D, float64, CPU).
+        reference: the batch-of-one reference norms of the same examples.
+    """
+
+    def __init__(self, message: str, engine: object = None, reference: object = None) -> None:
+        super().__init__(message)
+        self.engine = engine
+        self.reference = reference
+
+
+class MultipleBackwardError(LightningUnlearnError, RuntimeError):
+    """More than one backward pass went through one batch before its optimizer step.
+
+    Each pass's per-example norm is the norm of one part of the examples' gradient, not of the
+    whole (the norm of a sum is not the sum of norms): call ``manual_backward`` once per
+    optimizer step on the summed loss.
+    """

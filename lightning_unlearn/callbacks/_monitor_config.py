@@ -46,7 +46,7 @@ def check_arguments(
     estimator: str,
     sweep_every: int,
     grad_sample_mode: str,
-    loss_reduction: str,
+    loss_reduction: object,
     delta: float,
     num_samples: int | None,
     flush_every: int,
@@ -62,7 +62,8 @@ def check_arguments(
     if isinstance(sweep_every, bool) or not isinstance(sweep_every, int) or sweep_every < 1:
         raise ValueError(f"Expected `sweep_every` to be an integer >= 1, but got {sweep_every!r}.")
     _one_of("grad_sample_mode", grad_sample_mode, get_args(GradSampleMode))
-    _one_of("loss_reduction", loss_reduction, get_args(LossReduction))
+    if not callable(loss_reduction):  # a callable gives per-example loss weights
+        _one_of("loss_reduction", loss_reduction, get_args(LossReduction))
     if not 0.0 < float(delta) < 1.0:
         raise ValueError(f"Expected `delta` in (0, 1), but got {delta!r}.")
     if num_samples is not None and (

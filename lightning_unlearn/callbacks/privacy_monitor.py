@@ -46,6 +46,14 @@ from lightning_unlearn.accounting import (
     per_step_rdp,
     validate_alphas,
 )
+from lightning_unlearn.callbacks._loss_weights import (
+    LossWeights,
+    check_loss_weights,
+    describe,
+    engine_reduction,
+    loss_weights_of,
+    undo_loss_weights,
+)
 from lightning_unlearn.callbacks._monitor_config import (
     MONITOR_STATE_VERSION,
     Estimator,
@@ -65,8 +73,14 @@ from lightning_unlearn.callbacks._monitor_utils import (
     update_in_step_order,
     write_histograms,
 )
+from lightning_unlearn.callbacks._self_check import (
+    SelfCheckResult,
+    default_self_check_loss,
+    run_self_check,
+)
 from lightning_unlearn.data import dataset_fingerprint, get_sample_ids
-from lightning_unlearn.grad_norms import GradSampleMode, LossReduction, NormHooks, attach_norm_hooks
+from lightning_unlearn.errors import MultipleBackwardError
+from lightning_unlearn.grad_norms import GradSampleMode, NormHooks, attach_norm_hooks
 from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
 
 __all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]
@@ -116,8 +130,13 @@ class PerInstancePrivacyMonitor(Callback):
         sample_id_fn: optional ``batch -> ids`` for batches not built by ``IndexedDataset``.
         state_key: key of this monitor's state in checkpoints (set it when two monitors
             coexist). Default ``"PerInstancePrivacyMonitor"``.
-        loss_reduction: ``"mean"`` (default) or ``"sum"``: how ``training_step`` reduces the
-            loss over the batch dimension.
+        loss_reduction: how ``training_step``'s loss weights the examples of the batch:
+            ``"mean"`` (default, ``w_i = 1/B``), ``"sum"`` (``w_i = 1``), or a callable
+            ``batch -> Tensor[B]`` of weights ``w_i`` with ``loss = sum_i w_i * loss_i`` (a
+            loss averaged over the tokens of a padded batch:
+            ``lambda b: token_mean_weights(n_tokens(b))``, see
+            :func:`~lightning_unlearn.callbacks.token_mean_weights`). Each recorded norm is that
+            of the example's own loss (THEORY §1).
         num_samples: N; default ``len`` of the training ``DataLoader``'s dataset.
         exclude_unsupported: leave BatchNorm-like layers out of the norm (see
             :func:`~lightning_unlearn.grad_norms.attach_norm_hooks`).
@@ -130,9 +149,22 @@ class PerInstancePrivacyMonitor(Callback):
             is the same for every value: the buffer is also flushed at every epoch end, before
             every checkpoint, sweep and read of :attr:`ledger`, at the end of training and on
             an exception. It holds ``flush_every`` batches of ids, ratios and norms.
+        self_check: on the first training batch of every ``fit``, compare the engine's norms of
+            ``self_check_samples`` examples with a batch-of-one reference through
+            ``training_step`` (:meth:`self_check_loss`) and raise
+            :class:`~lightning_unlearn.errors.SelfCheckError` on a disagreement beyond float
+            tolerance, naming the likely cause. No side effect on the run (no optimizer step,
+            no logging, buffers and module attributes restored, RNG forked, ``p.grad``
+            untouched); costs about one training step plus ``self_check_samples`` batch-of-one
+            steps, once. The result is kept in :attr:`self_check_result`.
+        self_check_samples: examples of the first batch the self-check compares (spread over the
+            batch).
 
     Raises:
         ValueError: on an invalid argument; the message names it.
+        SelfCheckError: (during ``fit``) the first-step self-check failed.
+        MultipleBackwardError: (during ``fit``) two backward passes went through one batch
+            before its optimizer step.
 
     Example:
         >>> monitor = PerInstancePrivacyMonitor(noise_multiplier=1.0, max_grad_norm=1.0,
@@ -157,11 +189,13 @@ class PerInstancePrivacyMonitor(Callback):
         sample_id_fn: Callable[[Any], Tensor] | None = None,
         state_key: str | None = None,
         *,
-        loss_reduction: LossReduction = "mean",
+        loss_reduction: LossWeights = "mean",
         num_samples: int | None = None,
         exclude_unsupported: bool = False,
         log_histograms: bool = True,
         flush_every: int = 32,
+        self_check: bool = True,
+        self_check_samples: int = 4,
     ) -> None:
         self.noise = NoiseConfig(convention, float(noise_multiplier), max_grad_norm)
         self.alphas = validate_alphas(alphas)
@@ -175,6 +209,11 @@ class PerInstancePrivacyMonitor(Callback):
             num_samples=num_samples,
             flush_every=flush_every,
         )
+        if not isinstance(self_check_samples, int) or self_check_samples < 1:
+            raise ValueError(
+                f"Expected `self_check_samples` to be an integer >= 1, but got "
+                f"{self_check_samples!r}."
+            )
         self.sample_rate = None if sample_rate is None else float(sample_rate)
         self.estimator: Estimator = estimator
         self.sweep_every = sweep_every
@@ -184,11 +223,17 @@ class PerInstancePrivacyMonitor(Callback):
         self.save_dir = None if save_dir is None else Path(save_dir)
         self.sample_id_fn = sample_id_fn
         self._state_key = state_key or type(self).__name__
-        self.loss_reduction: LossReduction = loss_reduction
+        self.loss_reduction: LossWeights = loss_reduction
         self.num_samples = num_samples
         self.exclude_unsupported = exclude_unsupported
         self.log_histograms = log_histograms
         self.flush_every = flush_every
+        self.self_check = bool(self_check)
+        self.self_check_samples = self_check_samples
+        self.self_check_result: SelfCheckResult | None = None
+        self._self_check_pending = False
+        self._weights: Tensor | None = None  # per-example loss weights of the current batch
+        self._backwards = 0  # backward passes since the batch started or the optimizer stepped
 
         self._ledger: PrivacyLedger | None = None
         self._pending: PrivacyLedger | None = None  # per-rank additions since the last reduction
@@ -248,10 +293,13 @@ class PerInstancePrivacyMonitor(Callback):
     # ------------------------------------------------------------------ lifecycle
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._hooks = attach_norm_hooks(
+        self._hooks = self._attach_hooks(pl_module)
+
+    def _attach_hooks(self, pl_module: pl.LightningModule) -> NormHooks:
+        return attach_norm_hooks(
             pl_module,
             self.grad_sample_mode,
-            loss_reduction=self.loss_reduction,
+            loss_reduction=engine_reduction(self.loss_reduction),
             exclude_unsupported=self.exclude_unsupported,
         )
 
@@ -284,7 +332,7 @@ class PerInstancePrivacyMonitor(Callback):
             "max_grad_norm": self.noise.max_grad_norm,
             "estimator": self.estimator,
             "sample_rate": self._q,
-            "loss_reduction": self.loss_reduction,
+            "loss_reduction": describe(self.loss_reduction),
             "grad_sample_mode": self.grad_sample_mode,
             "world_size": trainer.world_size,
             "delta": self.delta,
@@ -314,6 +362,7 @@ class PerInstancePrivacyMonitor(Callback):
             self._tracked[ids.to(device)] = True
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._first_batch = True
+        self._self_check_pending = self.self_check
 
     @override
     def on_train_batch_start(
@@ -330,7 +379,14 @@ class PerInstancePrivacyMonitor(Callback):
                     "`IndexedDataset`) and `num_samples` its size."
                 )
             self._first_batch = False
+            if callable(self.loss_reduction):
+                check_loss_weights(loss_weights_of(self.loss_reduction, batch), ids.shape[0])
         self._ids = ids
+        self._weights = loss_weights_of(self.loss_reduction, batch)
+        self._backwards = 0
+        if self._self_check_pending:
+            self._self_check_pending = False
+            self.self_check_result = run_self_check(self, trainer, pl_module, batch, batch_idx, ids)
         if self._hooks is not None:
             self._hooks.clear()  # drop anything left by a backward the monitor did not see
 
@@ -338,7 +394,18 @@ class PerInstancePrivacyMonitor(Callback):
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._hooks is None or self._ids is None:
             return
-        norms = self._hooks.per_sample_norms()
+        self._backwards += 1
+        if self._backwards > 1:
+            raise MultipleBackwardError(
+                f"Expected one backward pass per batch and optimizer step, but got "
+                f"{self._backwards} for this batch before the optimizer stepped (two "
+                "`manual_backward` calls, or an optimizer that re-evaluates its closure such as "
+                "LBFGS): every pass sees one part of the examples' gradient, and the norm of the "
+                "sum is not given by the parts' norms, so the privacy losses would be wrong. Add "
+                "the losses and call `manual_backward` once per optimizer step "
+                "(`self.manual_backward(loss_a + loss_b)`)."
+            )
+        norms = undo_loss_weights(self._hooks.per_sample_norms(), self._weights)
         self._hooks.clear()
         ids = self._ids.to(norms.device)
         if ids.shape[0] != norms.shape[0]:
@@ -422,6 +489,7 @@ class PerInstancePrivacyMonitor(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
+        self._backwards = 0  # the next backward belongs to the next step
         if trainer.optimizers and optimizer is not trainer.optimizers[0]:
             return
         self._steps += 1
@@ -470,6 +538,17 @@ class PerInstancePrivacyMonitor(Callback):
                 f"the sweep, but got {type(out).__name__}; override `sweep_loss`."
             )
         return loss
+
+    def self_check_loss(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:
+        """The loss of one self-check pass (the whole first batch, or one example of it).
+
+        By default the loss the training step backpropagates: ``training_step``'s return value,
+        or under manual optimisation the sum of the losses it hands to ``manual_backward``
+        (which, like ``optimizers()``, ``lr_schedulers()``, ``clip_gradients`` and logging, is
+        stubbed during the check: nothing is stepped, zeroed or logged). Override it when the
+        loss cannot be had that way.
+        """
+        return default_self_check_loss(pl_module, batch, batch_idx)
 
     # ------------------------------------------------------------------ synchronisation
     def _sync(self, trainer: pl.Trainer) -> None:
