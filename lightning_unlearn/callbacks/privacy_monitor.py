@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,13 @@ from lightning_unlearn.callbacks._monitor_config import (
     check_resume,
     check_state_version,
 )
+from lightning_unlearn.callbacks._monitor_ids import SampleIdSource
 from lightning_unlearn.callbacks._monitor_sweep import run_sweep
 from lightning_unlearn.callbacks._monitor_utils import (
     StepBuffer,
     WorstCaseAccountant,
     epoch_metrics,
+    find_train_data,
     nonfinite_error,
     plan_run,
     reduce_ledger_into,
@@ -65,7 +68,7 @@ from lightning_unlearn.callbacks._monitor_utils import (
     update_in_step_order,
     write_histograms,
 )
-from lightning_unlearn.data import dataset_fingerprint, get_sample_ids
+from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.grad_norms import GradSampleMode, LossReduction, NormHooks, attach_norm_hooks
 
 __all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]
@@ -112,7 +115,12 @@ class PerInstancePrivacyMonitor(Callback):
         delta: ``delta`` of the logged and exported epsilons (THEORY §4).
         save_dir: if set, rank 0 writes ``privacy_ledger.pt`` and ``privacy_ledger.csv`` there at
             the end of ``fit``.
-        sample_id_fn: optional ``batch -> ids`` for batches not built by ``IndexedDataset``.
+        sample_id_fn: optional ``batch -> ids``. Not needed for a map-style dataset: the
+            monitor reads each batch's ids from the indices the training ``DataLoader``'s
+            sampler yields (indices into ``loader.dataset``), so neither the dataset nor the
+            batches change. Ids a batch carries (``IndexedDataset``, a ``"sample_id"`` key, or
+            this function) take precedence; they are needed for an ``IterableDataset`` or a
+            batch sampler yielding something other than integer indices.
         state_key: key of this monitor's state in checkpoints (set it when two monitors
             coexist). Default ``"PerInstancePrivacyMonitor"``.
         loss_reduction: ``"mean"`` (default) or ``"sum"``: how ``training_step`` reduces the
@@ -207,6 +215,7 @@ class PerInstancePrivacyMonitor(Callback):
         self._first_batch = True
         self._buffer = StepBuffer()  # steps not yet added to the ledger (`_flush`)
         self._custom_step_loss = False  # `per_step_loss` overridden: buffer losses, not ratios
+        self._id_source = SampleIdSource(sample_id_fn)  # explicit ids, else the sampler's
 
     # ------------------------------------------------------------------ public
     @property
@@ -253,17 +262,26 @@ class PerInstancePrivacyMonitor(Callback):
             loss_reduction=self.loss_reduction,
             exclude_unsupported=self.exclude_unsupported,
         )
+        self._id_source.install(trainer)  # before Lightning iterates the training loader
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()  # nothing should be left, but never carry steps into another ledger
         method = getattr(self.per_step_loss, "__func__", None)
         self._custom_step_loss = method is not PerInstancePrivacyMonitor.per_step_loss
+        loader_data = find_train_data(trainer)
+        id_data, id_size = self._id_source.id_space(
+            loader_data.dataset if loader_data is not None else None
+        )
         plan = plan_run(
-            trainer, pl_module.automatic_optimization, self.num_samples, self.sample_rate
+            trainer, pl_module.automatic_optimization, self.num_samples, self.sample_rate, id_size
         )
         n = plan.num_samples
-        self._data = plan.data
+        self._data = (
+            plan.data
+            if id_size is None or plan.data is None
+            else replace(plan.data, dataset=id_data, num_samples=id_size)
+        )
         self._accum, self._global_batch, self._q = (
             plan.accumulate,
             plan.global_batch,
@@ -274,7 +292,7 @@ class PerInstancePrivacyMonitor(Callback):
         metadata = {
             "num_samples": n,
             "dataset_fingerprint": (
-                dataset_fingerprint(plan.data.dataset, n) if plan.data is not None else None
+                dataset_fingerprint(self._data.dataset, n) if self._data is not None else None
             ),
             "noise_multiplier": self.noise.noise_multiplier,
             "max_grad_norm": self.noise.max_grad_norm,
@@ -310,20 +328,23 @@ class PerInstancePrivacyMonitor(Callback):
             self._tracked[ids.to(device)] = True
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._first_batch = True
+        self._id_source.attach(trainer)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         # on_after_backward gets no batch: keep the ids of this one (PLATFORM.md).
-        ids = get_sample_ids(batch, self.sample_id_fn)
+        ids = self._id_source.batch_ids(batch)
         if self._first_batch or ids.device.type == "cpu":
             n = self._require_ledger().num_samples
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
                 raise ValueError(
-                    f"Expected sample ids in [0, {n}), but got ids in [{int(ids.min())}, "
-                    f"{int(ids.max())}]: ids must be indices of the training dataset (wrap it in "
-                    "`IndexedDataset`) and `num_samples` its size."
+                    f"Expected sample ids in [0, {n}) (the ledger's size: `num_samples`, default "
+                    f"the size of the training DataLoader's dataset), but got ids in "
+                    f"[{int(ids.min())}, {int(ids.max())}]. Ids carried by the batch must index "
+                    "that dataset (or the `IndexedDataset` beneath its `Subset` layers); pass "
+                    "`num_samples=` the size of the set your ids index."
                 )
             self._first_batch = False
         self._ids = ids
@@ -549,6 +570,7 @@ class PerInstancePrivacyMonitor(Callback):
             self._detach()
 
     def _detach(self) -> None:
+        self._id_source.detach()
         if self._hooks is not None:
             self._hooks.detach()
             self._hooks = None

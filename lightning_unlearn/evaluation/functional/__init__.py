@@ -1,5 +1,14 @@
 """Pure functions behind the evaluation metrics (THEORY §6)."""
 
+from lightning_unlearn.evaluation.functional.adapters import (
+    AutoAdapter,
+    BatchAdapter,
+    ClassificationAdapter,
+    ExampleOutputs,
+    FunctionAdapter,
+    HFAdapter,
+    as_adapter,
+)
 from lightning_unlearn.evaluation.functional.barrier import (
     interpolate_state,
     loss_barrier,
@@ -14,7 +23,11 @@ from lightning_unlearn.evaluation.functional.difficulty import (
     mean_true_class_confidence,
     true_class_confidence,
 )
-from lightning_unlearn.evaluation.functional.losses import per_example_logits, per_example_losses
+from lightning_unlearn.evaluation.functional.losses import (
+    per_example_logits,
+    per_example_losses,
+    per_example_outputs,
+)
 from lightning_unlearn.evaluation.functional.membership import (
     KSResult,
     LearnedMIAResult,
@@ -32,8 +45,15 @@ from lightning_unlearn.evaluation.functional.selection import (
 )
 
 __all__ = [
+    "AutoAdapter",
+    "BatchAdapter",
+    "ClassificationAdapter",
+    "ExampleOutputs",
+    "FunctionAdapter",
+    "HFAdapter",
     "KSResult",
     "LearnedMIAResult",
+    "as_adapter",
     "binary_auroc",
     "correlation_table",
     "el2n_scores",
@@ -51,6 +71,7 @@ __all__ = [
     "per_example_logits",
     "per_example_loss_barrier",
     "per_example_losses",
+    "per_example_outputs",
     "prediction_divergence",
     "recompute_batchnorm",
     "steps_to_unlearn",
