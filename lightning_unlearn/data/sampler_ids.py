@@ -110,7 +110,10 @@ class _RecordingSampler:
         return len(self.__dict__["_inner"])
 
     def __getattr__(self, name: str) -> Any:  # batch_size, drop_last, sampler, set_epoch, ...
-        return getattr(self.__dict__["_inner"], name)
+        inner = self.__dict__.get("_inner")
+        if inner is None:  # during unpickling, before __dict__ is restored
+            raise AttributeError(name)
+        return getattr(inner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self.__dict__["_inner"], name, value)
