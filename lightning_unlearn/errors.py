@@ -22,6 +22,7 @@ __all__ = [
     "NonFiniteGradientError",
     "NormHooksError",
     "OutputWriteError",
+    "SampleIdMismatchError",
     "SelfCheckError",
     "UnsupportedLayerError",
     "UnsupportedModuleError",
@@ -46,10 +47,18 @@ class LedgerMismatchError(LightningUnlearnError, ValueError):
 
 
 class MissingSampleIdError(LightningUnlearnError, KeyError):
-    """A batch carries no sample ids; wrap the dataset in ``IndexedDataset``."""
+    """The ids of a batch are unknown: it carries none and its sampler cannot be read.
+
+    The message names both fixes: a map-style dataset (ids read from the sampler), or ids in
+    the batch (``IndexedDataset`` / ``sample_id_fn``).
+    """
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
         return str(self.args[0]) if self.args else ""
+
+
+class SampleIdMismatchError(LightningUnlearnError, ValueError):
+    """The ids a batch carries disagree with the examples its DataLoader's sampler drew."""
 
 
 class UnsupportedLayerError(LightningUnlearnError, TypeError):

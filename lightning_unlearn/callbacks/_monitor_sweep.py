@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_unlearn.accounting import PrivacyLedger
 from lightning_unlearn.callbacks._monitor_utils import TrainData, silenced_logging
-from lightning_unlearn.data import get_sample_ids
+from lightning_unlearn.data.indexed import get_sample_ids
+from lightning_unlearn.errors import MissingSampleIdError
 from lightning_unlearn.grad_norms import NormHooks
 
 if TYPE_CHECKING:
@@ -70,9 +71,11 @@ def run_sweep(
             silenced_logging(pl_module),
             torch.enable_grad(),
         ):
+            start = 0
             for i, raw in enumerate(loader):
                 batch = trainer.strategy.batch_to_device(raw)
-                ids = get_sample_ids(batch, monitor.sample_id_fn)
+                ids = _sweep_ids(batch, monitor.sample_id_fn, share, start)
+                start += ids.shape[0]
                 loss = monitor.sweep_loss(pl_module, batch, i)
                 torch.autograd.grad(loss, params, allow_unused=True)
                 norms = hooks.per_sample_norms()
@@ -88,3 +91,27 @@ def run_sweep(
     finally:
         hooks.clear()
         pl_module.train(was_training)
+
+
+def _sweep_ids(batch: Any, sample_id_fn: Any, share: Tensor, start: int) -> Tensor:
+    """Ids the batch carries, else the next positions of the unshuffled ``share`` loader."""
+    try:
+        return get_sample_ids(batch, sample_id_fn)
+    except MissingSampleIdError:
+        if sample_id_fn is not None:
+            raise
+    size = _batch_len(batch)
+    return share[start : start + size]
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    values = batch.values() if isinstance(batch, dict) else batch
+    for value in values:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    raise ValueError(
+        f"Expected a sweep batch with a tensor of batch size first, but got "
+        f"{type(batch).__name__}; pass `sample_id_fn=` to the monitor."
+    )

@@ -277,15 +277,21 @@ def plan_run(
     automatic_optimization: bool,
     num_samples: int | None,
     sample_rate: float | None,
+    ledger_size: int | None = None,
 ) -> RunPlan:
     """N, the global batch (per-rank batch x world size x accumulation) and ``q``.
+
+    ``ledger_size`` is the size of the id space when it is larger than the loader's dataset
+    (an ``IndexedDataset`` split after wrapping: ids of the full set); ``q`` still comes from
+    the examples the loader trains on.
 
     Raises:
         ValueError: when N or the batch size cannot be inferred and was not given.
     """
     data = find_train_data(trainer)
-    n = num_samples or (data.num_samples if data is not None else None)
-    if n is None:
+    trained = num_samples or (data.num_samples if data is not None else None)
+    n = num_samples or ledger_size or trained
+    if n is None or trained is None:
         raise ValueError(
             "Expected a single map-style training DataLoader to infer the data set size, but "
             "got another kind of training data; pass `num_samples=` (and `sample_rate=`)."
@@ -301,7 +307,7 @@ def plan_run(
         global_batch = max(1, round(sample_rate * n))
     else:
         global_batch = local_batch * trainer.world_size * accum
-    q = sample_rate if sample_rate is not None else min(1.0, global_batch / n)
+    q = sample_rate if sample_rate is not None else min(1.0, global_batch / trained)
     return RunPlan(data, n, accum, global_batch, q)
 
 

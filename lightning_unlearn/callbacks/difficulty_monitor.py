@@ -14,7 +14,7 @@ sum with ``trainer.strategy.reduce``, so the result equals a single-process run.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,12 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_unlearn.errors import LedgerMismatchError
-from lightning_unlearn.evaluation.functional._batch import BatchFn, eval_mode, split_batch
+from lightning_unlearn.evaluation.functional._batch import eval_mode
+from lightning_unlearn.evaluation.functional.adapters import (
+    AdapterLike,
+    as_adapter,
+    batches_with_ids,
+)
 from lightning_unlearn.evaluation.functional.difficulty import (
     _difficulty_compute,
     _difficulty_update,
@@ -38,7 +43,6 @@ __all__ = ["DIFFICULTY_STATE_VERSION", "DifficultyMonitor"]
 
 DIFFICULTY_STATE_VERSION = 1
 _HISTORY = ("correct", "confidence", "el2n")
-ForwardFn = Callable[[pl.LightningModule, Tensor], Tensor]
 
 
 class DifficultyMonitor(Callback):
@@ -54,9 +58,11 @@ class DifficultyMonitor(Callback):
             length of the evaluated loader's dataset at the first record.
         every_n_epochs: record after every n-th training epoch (>= 1).
         dataloader: loader to evaluate; default ``trainer.train_dataloader`` (sharded by
-            Lightning under DDP). Its batches must carry sample ids.
-        batch_fn: optional ``batch -> (inputs, targets)`` for custom batches.
-        forward_fn: optional ``(pl_module, inputs) -> logits``; default ``pl_module(inputs)``.
+            Lightning under DDP). Ids are those its batches carry, else the indices its sampler
+            draws (positions in its dataset).
+        batch_adapter: how to read a batch and run the module on it (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`; default ``(x, y, ...)``
+            classification or Hugging Face-style dicts); it must give class logits.
         save_dir: if given, rank 0 writes ``difficulty_state.pt`` (this monitor's state) and
             ``difficulty_scores.csv`` there when fitting ends.
         state_key: key of the state in checkpoints (set it when two monitors coexist).
@@ -76,8 +82,7 @@ class DifficultyMonitor(Callback):
         every_n_epochs: int = 1,
         *,
         dataloader: Iterable[Any] | None = None,
-        batch_fn: BatchFn | None = None,
-        forward_fn: ForwardFn | None = None,
+        batch_adapter: AdapterLike | None = None,
         save_dir: str | Path | None = None,
         state_key: str | None = None,
     ) -> None:
@@ -91,8 +96,7 @@ class DifficultyMonitor(Callback):
         self._user_num_samples = num_samples
         self.every_n_epochs = every_n_epochs
         self.dataloader = dataloader
-        self.batch_fn = batch_fn
-        self.forward_fn = forward_fn
+        self.batch_adapter = as_adapter(batch_adapter)
         self.save_dir = None if save_dir is None else Path(save_dir)
         self._state_key = state_key or type(self).__name__
         self.epochs: list[int] = []
@@ -143,12 +147,15 @@ class DifficultyMonitor(Callback):
         num_samples = self._resolve_num_samples(loader)
         table = torch.zeros(4, num_samples, dtype=torch.float64, device=pl_module.device)
         with torch.no_grad(), eval_mode(pl_module):
-            for batch in loader:
-                x, y, ids = split_batch(batch, self.batch_fn)
+            for batch, ids in batches_with_ids(loader):
+                out = self.batch_adapter(pl_module, batch)
+                if out.logits is None or out.targets is None:
+                    raise ValueError(
+                        "Expected class logits and targets from the `batch_adapter` for the "
+                        "difficulty scores, but it gave none."
+                    )
                 assert ids is not None
-                x = x.to(pl_module.device)
-                logits = pl_module(x) if self.forward_fn is None else self.forward_fn(pl_module, x)
-                table += _difficulty_update(logits, y.to(logits.device), ids, num_samples)
+                table += _difficulty_update(out.logits, out.targets, ids, num_samples)
         table = trainer.strategy.reduce(table, reduce_op="sum")
         self._append(epoch, _difficulty_compute(table.cpu()))
 

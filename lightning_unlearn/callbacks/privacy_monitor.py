@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,13 @@ from lightning_unlearn.callbacks._monitor_config import (
     check_resume,
     check_state_version,
 )
+from lightning_unlearn.callbacks._monitor_ids import SampleIdSource
 from lightning_unlearn.callbacks._monitor_sweep import run_sweep
 from lightning_unlearn.callbacks._monitor_utils import (
     StepBuffer,
     WorstCaseAccountant,
     epoch_metrics,
+    find_train_data,
     nonfinite_error,
     plan_run,
     reduce_ledger_into,
@@ -78,7 +81,7 @@ from lightning_unlearn.callbacks._self_check import (
     default_self_check_loss,
     run_self_check,
 )
-from lightning_unlearn.data import dataset_fingerprint, get_sample_ids
+from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.errors import MultipleBackwardError
 from lightning_unlearn.grad_norms import GradSampleMode, NormHooks, attach_norm_hooks
 from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
@@ -127,7 +130,12 @@ class PerInstancePrivacyMonitor(Callback):
         delta: ``delta`` of the logged and exported epsilons (THEORY §4).
         save_dir: if set, rank 0 writes ``privacy_ledger.pt`` and ``privacy_ledger.csv`` there at
             the end of ``fit``.
-        sample_id_fn: optional ``batch -> ids`` for batches not built by ``IndexedDataset``.
+        sample_id_fn: optional ``batch -> ids``. Not needed for a map-style dataset: the
+            monitor reads each batch's ids from the indices the training ``DataLoader``'s
+            sampler yields (indices into ``loader.dataset``), so neither the dataset nor the
+            batches change. Ids a batch carries (``IndexedDataset``, a ``"sample_id"`` key, or
+            this function) take precedence; they are needed for an ``IterableDataset`` or a
+            batch sampler yielding something other than integer indices.
         state_key: key of this monitor's state in checkpoints (set it when two monitors
             coexist). Default ``"PerInstancePrivacyMonitor"``.
         loss_reduction: how ``training_step``'s loss weights the examples of the batch:
@@ -253,6 +261,7 @@ class PerInstancePrivacyMonitor(Callback):
         self._first_batch = True
         self._buffer = StepBuffer()  # steps not yet added to the ledger (`_flush`)
         self._custom_step_loss = False  # `per_step_loss` overridden: buffer losses, not ratios
+        self._id_source = SampleIdSource(sample_id_fn)  # explicit ids, else the sampler's
 
     # ------------------------------------------------------------------ public
     @property
@@ -294,6 +303,7 @@ class PerInstancePrivacyMonitor(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hooks = self._attach_hooks(pl_module)
+        self._id_source.install(trainer)  # before Lightning iterates the training loader
 
     def _attach_hooks(self, pl_module: pl.LightningModule) -> NormHooks:
         return attach_norm_hooks(
@@ -308,11 +318,19 @@ class PerInstancePrivacyMonitor(Callback):
         self._flush()  # nothing should be left, but never carry steps into another ledger
         method = getattr(self.per_step_loss, "__func__", None)
         self._custom_step_loss = method is not PerInstancePrivacyMonitor.per_step_loss
+        loader_data = find_train_data(trainer)
+        id_data, id_size = self._id_source.id_space(
+            loader_data.dataset if loader_data is not None else None
+        )
         plan = plan_run(
-            trainer, pl_module.automatic_optimization, self.num_samples, self.sample_rate
+            trainer, pl_module.automatic_optimization, self.num_samples, self.sample_rate, id_size
         )
         n = plan.num_samples
-        self._data = plan.data
+        self._data = (
+            plan.data
+            if id_size is None or plan.data is None
+            else replace(plan.data, dataset=id_data, num_samples=id_size)
+        )
         self._accum, self._global_batch, self._q = (
             plan.accumulate,
             plan.global_batch,
@@ -323,7 +341,7 @@ class PerInstancePrivacyMonitor(Callback):
         metadata = {
             "num_samples": n,
             "dataset_fingerprint": (
-                dataset_fingerprint(plan.data.dataset, n) if plan.data is not None else None
+                dataset_fingerprint(self._data.dataset, n) if self._data is not None else None
             ),
             # The recording configuration `unlearn` checks (lightning_unlearn.integrity).
             "model_fingerprint": architecture_fingerprint(pl_module),
@@ -363,20 +381,23 @@ class PerInstancePrivacyMonitor(Callback):
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._first_batch = True
         self._self_check_pending = self.self_check
+        self._id_source.attach(trainer)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         # on_after_backward gets no batch: keep the ids of this one (PLATFORM.md).
-        ids = get_sample_ids(batch, self.sample_id_fn)
+        ids = self._id_source.batch_ids(batch)
         if self._first_batch or ids.device.type == "cpu":
             n = self._require_ledger().num_samples
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
                 raise ValueError(
-                    f"Expected sample ids in [0, {n}), but got ids in [{int(ids.min())}, "
-                    f"{int(ids.max())}]: ids must be indices of the training dataset (wrap it in "
-                    "`IndexedDataset`) and `num_samples` its size."
+                    f"Expected sample ids in [0, {n}) (the ledger's size: `num_samples`, default "
+                    f"the size of the training DataLoader's dataset), but got ids in "
+                    f"[{int(ids.min())}, {int(ids.max())}]. Ids carried by the batch must index "
+                    "that dataset (or the `IndexedDataset` beneath its `Subset` layers); pass "
+                    "`num_samples=` the size of the set your ids index."
                 )
             self._first_batch = False
             if callable(self.loss_reduction):
@@ -637,6 +658,7 @@ class PerInstancePrivacyMonitor(Callback):
             self._detach()
 
     def _detach(self) -> None:
+        self._id_source.detach()
         if self._hooks is not None:
             self._hooks.detach()
             self._hooks = None

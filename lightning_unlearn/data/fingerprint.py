@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from lightning_unlearn.data.indexed import IndexedDataset
+
 __all__ = ["dataset_fingerprint"]
 
 
@@ -33,15 +35,19 @@ def _tensor_bytes(item: Any, out: list[bytes]) -> None:
 
 
 def dataset_fingerprint(dataset: Any, num_samples: int) -> str:
-    """A short hash of the data set's size and of its first, middle and last items.
+    """A short hash of ``num_samples`` and of the data set's first, middle and last items.
 
     Cheap (three ``__getitem__`` calls) and stable across processes; it catches a ledger being
-    resumed on another data set of the same size, not every possible change of the data.
+    resumed on another data set of the same size, not every possible change of the data. An
+    :class:`~lightning_unlearn.data.IndexedDataset` has the fingerprint of the data set it
+    wraps (the ids it attaches are not data), so a ledger of a plain dataset (ids from the
+    sampler) matches a data module that wraps the same dataset. The items are taken at
+    positions of ``len(dataset)`` whatever ``num_samples`` says.
 
     Args:
         dataset: a map-style dataset (items may be tensors, arrays, numbers, strings, and
             tuples, lists or dicts of them).
-        num_samples: its size.
+        num_samples: the size of the ledger's id space (usually ``len(dataset)``).
 
     Returns:
         16 hexadecimal characters.
@@ -55,8 +61,18 @@ def dataset_fingerprint(dataset: Any, num_samples: int) -> str:
         True
         >>> dataset_fingerprint(a, 6) == dataset_fingerprint(b, 6)
         False
+        >>> from lightning_unlearn.data import IndexedDataset
+        >>> dataset_fingerprint(IndexedDataset(a), 6) == dataset_fingerprint(a, 6)
+        True
     """
+    if isinstance(dataset, IndexedDataset):  # the same data with or without ids attached
+        dataset = dataset.dataset
+    try:
+        size = len(dataset)
+    except TypeError:
+        size = num_samples
     parts = [str(num_samples).encode()]
-    for i in sorted({0, num_samples // 2, num_samples - 1}):
-        _tensor_bytes(dataset[i], parts)
+    if size > 0:
+        for i in sorted({0, size // 2, size - 1}):
+            _tensor_bytes(dataset[i], parts)
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]

@@ -1,14 +1,21 @@
-"""Sample ids that travel with every item and batch (THEORY §1: every example has a stable id).
+"""Sample ids carried by the items themselves (THEORY §1: every example has a stable id).
 
-Per-example accounting needs to know *which* examples are in a batch. Deriving ids from
-``batch_idx * batch_size`` is wrong under shuffling and under ``DistributedSampler``, so the id
-must come from ``Dataset.__getitem__`` itself. :class:`IndexedDataset` does that:
+The fallback route: for a map-style dataset the monitor and the evaluations read the ids from
+the ``DataLoader``'s sampler (:mod:`lightning_unlearn.data.sampler_ids`) and nothing here is
+needed. Ids in the batch are needed for an ``IterableDataset`` (no sampler), a batch sampler that
+yields something other than indices, or when you want ids of your own (e.g. of a full set that
+you split afterwards). :class:`IndexedDataset` attaches them:
 
 * a tuple item ``(x, y)`` becomes ``IndexedItem(x, y, sample_id)``, a named tuple whose last
   field is ``sample_id``. ``default_collate`` and Lightning's device transfer keep named tuples,
   so the batch is still recognisable as carrying ids, and ``x, y, ids = batch`` still unpacks.
 * a dict item gets the key ``"sample_id"``.
 * any other item ``x`` becomes ``IndexedItem(x, sample_id)``.
+
+So wrapping changes the batches. A bare-tensor item does *not* stay a tensor: a tensor subclass
+carrying its id through ``default_collate``, device transfer and every operation of the model
+would be fragile and slow, and the sampler already gives the ids of such datasets with the
+batches untouched. The docs therefore recommend the wrapper only where the sampler cannot help.
 """
 
 from __future__ import annotations

@@ -1,27 +1,63 @@
 """Forget / retain / held-out splits of a training set, with the original sample ids kept.
 
-A deletion request names examples by their id in the *original* training set (the id that
-:class:`~lightning_unlearn.data.IndexedDataset` attached during training and that indexes the
+A deletion request names examples by their id in the *original* training set (the position
+of the example in the dataset the training ``DataLoader`` was given, which indexes the
 :class:`~lightning_unlearn.accounting.PrivacyLedger`). :class:`ForgetRetainDataModule` splits
 that set into the forget set ``F`` and the retain set ``D' = D \\ F`` (THEORY §5) without
-renumbering anything: every batch of every loader carries the original ids.
+renumbering anything and without changing the batches: every loader iterates the original
+dataset with a sampler over the original ids, so the ids of its batches are read from the
+sampler (:mod:`~lightning_unlearn.data.sampler_ids`) and the user's ``training_step`` gets the
+batches it was trained on. Only the forget batches of
+:meth:`ForgetRetainDataModule.train_dataloader` travel with their ids, as a :class:`TaggedBatch`
+that ``UnlearningModule`` unpacks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 from typing_extensions import override
 
-from lightning_unlearn.data.indexed import IndexedDataset
 from lightning_unlearn.errors import ForgetSetError
 
-__all__ = ["EpochSeededSampler", "ForgetRetainDataModule", "validate_forget_ids"]
+__all__ = ["EpochSeededSampler", "ForgetRetainDataModule", "TaggedBatch", "validate_forget_ids"]
+
+
+class TaggedBatch(NamedTuple):
+    """A batch exactly as the user's collate function made it, with the examples' ids beside
+    it (not inside it). Lightning moves both fields to the device."""
+
+    batch: Any
+    sample_ids: torch.Tensor
+
+
+class _WithIndex(Dataset):
+    """Items ``(index, item)`` of a map-style dataset (picklable for worker processes)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+class _TaggingCollate:
+    """Collate ``(index, item)`` pairs into a :class:`TaggedBatch` with the user's collate."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, pairs: list[tuple[int, Any]]) -> TaggedBatch:
+        ids = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+        return TaggedBatch(self.collate_fn([item for _, item in pairs]), ids)
 
 
 def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
@@ -73,7 +109,8 @@ def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
     if bad.numel():
         raise ForgetSetError(
             f"Expected forget ids in [0, {num_samples}) (the ids of the original training set), "
-            f"but got {bad[:10].tolist()}; use the ids `IndexedDataset` attached during training."
+            f"but got {bad[:10].tolist()}; use the ids of the privacy ledger (positions in the "
+            "training DataLoader's dataset)."
         )
     ids, counts = torch.unique(ids, sorted=True, return_counts=True)
     if bool((counts > 1).any()):
@@ -141,21 +178,25 @@ class ForgetRetainDataModule(pl.LightningDataModule):
 
     The training loader (what ``Trainer.fit`` consumes while unlearning) is a
     :class:`~lightning.pytorch.utilities.CombinedLoader` in ``"max_size_cycle"`` mode yielding
-    ``{"retain": batch, "forget": batch}``: an epoch is one pass over the retain set, the
-    (smaller) forget set cycles beside it. :meth:`retain_dataloader`, :meth:`forget_dataloader`
-    and :meth:`heldout_dataloader` give unshuffled loaders for evaluation.
+    ``{"retain": batch, "forget": TaggedBatch(batch, sample_ids)}``: an epoch is one pass over
+    the retain set, the (smaller) forget set cycles beside it. The batches themselves are the
+    dataset's items collated by ``collate_fn``, exactly what the model was trained on.
+    :meth:`retain_dataloader`, :meth:`forget_dataloader` and :meth:`heldout_dataloader` give
+    unshuffled loaders for evaluation; each iterates the original dataset with a sampler over
+    the original ids, so the evaluation functions read the ids from the sampler.
 
     Held-out data (examples the model never trained on, the reference of the membership test
     and of loss-calibrated stopping) is either a separate data set (``heldout=dataset``; its
-    ids are its own) or, with ``heldout=<int or fraction>``, a seeded split of ``dataset``.
-    In the second case the held-out examples are excluded from the retain and forget sets and
-    from :meth:`full_train_dataloader`, which is the loader to train the original model with.
+    ids are its own positions) or, with ``heldout=<int or fraction>``, a seeded split of
+    ``dataset``. In the second case the held-out examples are excluded from the retain and
+    forget sets and from :meth:`full_train_dataloader`, which is the loader to train the
+    original model with.
 
     Args:
-        dataset: the original training set: a map-style dataset, an
-            :class:`~lightning_unlearn.data.IndexedDataset`, or a ``LightningDataModule`` whose
-            ``train_dataloader().dataset`` is used (after ``prepare_data`` and ``setup("fit")``).
-            Plain data sets are wrapped in ``IndexedDataset`` (ids ``0..N-1``).
+        dataset: the original training set: a map-style dataset (ids are its positions; an
+            :class:`~lightning_unlearn.data.IndexedDataset` keeps its items with ids), or a
+            ``LightningDataModule`` whose ``train_dataloader()``'s dataset and ``collate_fn``
+            are used (after ``prepare_data`` and ``setup("fit")``).
         forget_ids: ids (in ``dataset``) of the examples to forget.
         heldout: a held-out dataset, or the number (int) / fraction (float in (0, 1)) of
             ``dataset`` to hold out with a seeded split, or ``None`` (no held-out set).
@@ -165,6 +206,8 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         eval_batch_size: batch size of the evaluation loaders.
         seed: seed of the held-out split and of the shuffling.
         num_workers: ``DataLoader`` workers.
+        collate_fn: how items become a batch (e.g. padding of token sequences); default
+            ``torch``'s ``default_collate`` (or the data module's).
 
     Raises:
         ForgetSetError: invalid forget ids, or forget ids that fall into the held-out split.
@@ -177,12 +220,13 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         >>> dm = ForgetRetainDataModule(ds, forget_ids=[2, 7], heldout=2, batch_size=4)
         >>> len(dm.retain_set), len(dm.forget_set), len(dm.heldout_set)
         (6, 2, 2)
-        >>> x, y, ids = next(iter(dm.forget_dataloader()))
-        >>> ids.tolist()
-        [2, 7]
+        >>> x, y = next(iter(dm.forget_dataloader()))  # the dataset's own batches
+        >>> from lightning_unlearn.data import iterate_with_sampler_ids
+        >>> [ids.tolist() for _, ids in iterate_with_sampler_ids(dm.forget_dataloader())]
+        [[2, 7]]
         >>> batch, batch_idx, _ = next(iter(dm.train_dataloader()))
-        >>> sorted(batch)
-        ['forget', 'retain']
+        >>> sorted(batch), batch["forget"].sample_ids.sort().values.tolist()
+        (['forget', 'retain'], [2, 7])
     """
 
     def __init__(
@@ -196,6 +240,7 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         eval_batch_size: int = 256,
         seed: int = 0,
         num_workers: int = 0,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -214,7 +259,8 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
 
-        self.dataset = _as_indexed(dataset)
+        self.dataset, module_collate = _as_map_dataset(dataset)
+        self.collate_fn = collate_fn or module_collate
         self.num_samples = len(self.dataset)
         self.forget_ids = validate_forget_ids(forget_ids, self.num_samples)
 
@@ -235,9 +281,7 @@ class ForgetRetainDataModule(pl.LightningDataModule):
                     "were held out (never trained on); drop them or pass `heldout` as a dataset."
                 )
         else:
-            self.heldout_set = (
-                heldout if isinstance(heldout, IndexedDataset) else IndexedDataset(heldout)
-            )
+            self.heldout_set, _ = _as_map_dataset(heldout)
             train_ids = all_ids
         self.train_ids = train_ids
         self.retain_ids = train_ids[~torch.isin(train_ids, self.forget_ids)]
@@ -266,18 +310,26 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randperm(n, generator=generator)[:size].sort().values
 
-    def _loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool) -> DataLoader:
+    def _loader(
+        self,
+        ids: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        dataset: Any = None,
+        tagged: bool = False,
+    ) -> DataLoader:
+        """A loader over ``dataset`` (default the original one) drawing the given ids."""
         sampler = (
-            EpochSeededSampler(len(dataset), self.seed, self._trainer_epoch)  # type: ignore[arg-type]
-            if shuffle
-            else None
+            EpochSeededSampler(ids, self.seed, self._trainer_epoch) if shuffle else ids.tolist()
         )
+        data = self.dataset if dataset is None else dataset
         return DataLoader(
-            dataset,
+            _WithIndex(data) if tagged else data,
             batch_size=batch_size,
             sampler=sampler,
-            shuffle=False,
             num_workers=self.num_workers,
+            collate_fn=_TaggingCollate(self.collate_fn) if tagged else self.collate_fn,
         )
 
     def _trainer_epoch(self) -> int | None:
@@ -285,44 +337,38 @@ class ForgetRetainDataModule(pl.LightningDataModule):
 
     @override
     def train_dataloader(self) -> CombinedLoader:
-        """``{"retain": batch, "forget": batch}`` per step; one epoch = one pass over retain."""
+        """``{"retain": batch, "forget": TaggedBatch}`` per step; one epoch = one pass over
+        retain."""
         return CombinedLoader(
             {
-                "retain": self._loader(self.retain_set, self.batch_size, shuffle=True),
-                "forget": self._loader(self.forget_set, self.forget_batch_size, shuffle=True),
+                "retain": self._loader(self.retain_ids, self.batch_size, shuffle=True),
+                "forget": self._loader(
+                    self.forget_ids, self.forget_batch_size, shuffle=True, tagged=True
+                ),
             },
             mode="max_size_cycle",
         )
 
     def full_train_dataloader(self, *, shuffle: bool = True) -> DataLoader:
         """The whole training set (retain and forget, not a held-out split), for training the
-        original model; batches carry the original ids.
+        original model; the batches are the dataset's own, their ids the sampler's indices.
 
-        Its ``.dataset`` is the full indexed data set (a held-out split is left out by the
-        sampler), so a :class:`~lightning_unlearn.PerInstancePrivacyMonitor` sizes its ledger
-        to ``num_samples`` and fingerprints the same data set :func:`compute_budget` checks.
+        Its ``.dataset`` is the full data set (a held-out split is left out by the sampler), so
+        a :class:`~lightning_unlearn.PerInstancePrivacyMonitor` sizes its ledger to
+        ``num_samples`` and fingerprints the same data set :func:`compute_budget` checks.
         With a held-out split, pass the monitor ``sample_rate=batch_size / len(train_set)``.
         """
-        ids = self.train_ids
-        sampler = (
-            EpochSeededSampler(ids, self.seed, self._trainer_epoch) if shuffle else ids.tolist()
-        )
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-        )
+        return self._loader(self.train_ids, self.batch_size, shuffle=shuffle)
 
     def retain_dataloader(self, *, shuffle: bool = False) -> DataLoader:
         """The retain set ``D \\ F``; shuffled with ``shuffle=True`` (for retraining)."""
         if shuffle:
-            return self._loader(self.retain_set, self.batch_size, shuffle=True)
-        return self._loader(self.retain_set, self.eval_batch_size, shuffle=False)
+            return self._loader(self.retain_ids, self.batch_size, shuffle=True)
+        return self._loader(self.retain_ids, self.eval_batch_size, shuffle=False)
 
     def forget_dataloader(self) -> DataLoader:
         """The forget set ``F`` in id order, for evaluation."""
-        return self._loader(self.forget_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.forget_ids, self.eval_batch_size, shuffle=False)
 
     def heldout_dataloader(self) -> DataLoader:
         """The held-out set, for evaluation.
@@ -335,10 +381,15 @@ class ForgetRetainDataModule(pl.LightningDataModule):
                 "Expected a held-out set, but `ForgetRetainDataModule` was built with "
                 "`heldout=None`; pass a held-out dataset or a fraction to split off."
             )
-        return self._loader(self.heldout_set, self.eval_batch_size, shuffle=False)
+        if self.heldout_ids is not None:
+            return self._loader(self.heldout_ids, self.eval_batch_size, shuffle=False)
+        ids = torch.arange(len(self.heldout_set))  # type: ignore[arg-type]
+        return self._loader(ids, self.eval_batch_size, shuffle=False, dataset=self.heldout_set)
 
 
-def _as_indexed(dataset: Any) -> IndexedDataset:
+def _as_map_dataset(dataset: Any) -> tuple[Any, Callable[[list[Any]], Any] | None]:
+    """The map-style dataset (and the collate function of a data module's loader)."""
+    collate = None
     if isinstance(dataset, pl.LightningDataModule):
         dataset.prepare_data()
         dataset.setup("fit")
@@ -349,12 +400,10 @@ def _as_indexed(dataset: Any) -> IndexedDataset:
                 "Expected the data module's `train_dataloader()` to be a `DataLoader` with a "
                 f"`.dataset`, but got {type(loader).__name__}; pass the training dataset itself."
             )
-        dataset = inner
-    if isinstance(dataset, IndexedDataset):
-        return dataset
+        dataset, collate = inner, getattr(loader, "collate_fn", None)
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(
             "Expected `dataset` to be a map-style dataset or a LightningDataModule, but got "
             f"{type(dataset).__name__}."
         )
-    return IndexedDataset(dataset)
+    return dataset, collate

@@ -7,6 +7,12 @@ here call the same helpers, so the two can never disagree.
 from lightning_unlearn.evaluation.barrier import LossBarrier
 from lightning_unlearn.evaluation.difficulty import PerExampleDifficulty
 from lightning_unlearn.evaluation.functional import (
+    AutoAdapter,
+    BatchAdapter,
+    ClassificationAdapter,
+    ExampleOutputs,
+    FunctionAdapter,
+    HFAdapter,
     KSResult,
     LearnedMIAResult,
     binary_auroc,
@@ -25,6 +31,7 @@ from lightning_unlearn.evaluation.functional import (
     per_example_logits,
     per_example_loss_barrier,
     per_example_losses,
+    per_example_outputs,
     prediction_divergence,
     steps_to_unlearn,
     true_class_confidence,
@@ -36,7 +43,13 @@ from lightning_unlearn.evaluation.membership import (
 )
 
 __all__ = [
+    "AutoAdapter",
+    "BatchAdapter",
+    "ClassificationAdapter",
+    "ExampleOutputs",
     "ForgetQualityKS",
+    "FunctionAdapter",
+    "HFAdapter",
     "KSResult",
     "LearnedMIAResult",
     "LossBarrier",
@@ -59,6 +72,7 @@ __all__ = [
     "per_example_logits",
     "per_example_loss_barrier",
     "per_example_losses",
+    "per_example_outputs",
     "prediction_divergence",
     "steps_to_unlearn",
     "true_class_confidence",

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_unlearn.evaluation.functional._batch import BatchFn
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 from lightning_unlearn.evaluation.functional.barrier import (
     _loss_barrier_compute,
     _loss_barrier_update,
@@ -39,7 +39,8 @@ class LossBarrier(Metric):
         model_b: the network at ``lambda = 1``, same architecture.
         num_points: number of equally spaced ``lambda`` values in [0, 1] (>= 2).
         bn_dataloader: data for recomputing BatchNorm statistics; required with BatchNorm.
-        batch_fn: optional ``batch -> (inputs, targets)`` used on ``bn_dataloader``.
+        batch_adapter: how to read the batches of ``bn_dataloader`` (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`).
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -64,12 +65,12 @@ class LossBarrier(Metric):
         num_points: int = 11,
         *,
         bn_dataloader: Iterable[Any] | None = None,
-        batch_fn: BatchFn | None = None,
+        batch_adapter: AdapterLike | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         states = interpolation_states(
-            model_a, model_b, num_points, bn_dataloader=bn_dataloader, batch_fn=batch_fn
+            model_a, model_b, num_points, bn_dataloader=bn_dataloader, batch_adapter=batch_adapter
         )
         self._states = [state for _, state in states]
         # A plain list keeps the working copy out of the metric's own modules and state_dict.

@@ -13,8 +13,10 @@ from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 from typing_extensions import override
 
-from lightning_unlearn.data import get_sample_ids
-from lightning_unlearn.errors import UnsupportedModuleError
+from lightning_unlearn.data.indexed import get_sample_ids
+from lightning_unlearn.data.splits import TaggedBatch
+from lightning_unlearn.errors import MissingSampleIdError, UnsupportedModuleError
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike, as_adapter
 from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
 from lightning_unlearn.unlearning.sgld import SGLD
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
@@ -24,7 +26,6 @@ __all__ = ["METHODS", "Method", "UnlearningModule", "module_state_dict_from_chec
 Method = Literal["finetune", "sgld", "neggrad", "neggrad_plus", "l1_sparse", "random_label"]
 METHODS: tuple[str, ...] = get_args(Method)
 _NEEDS_FORGET = ("neggrad", "neggrad_plus", "random_label")
-_TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 _CKPT_KEY = "lightning_unlearn/unlearning"
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
 
@@ -40,7 +41,9 @@ class UnlearningModule(pl.LightningModule):
     :meth:`forget_loss`).
 
     Train it on a :class:`~lightning_unlearn.ForgetRetainDataModule`, whose batches are
-    ``{"retain": batch, "forget": batch}``, with the step budget as the trainer's limit::
+    ``{"retain": batch, "forget": TaggedBatch(batch, sample_ids)}`` (``batch``: the data set's
+    own batches, what the user's ``training_step`` was written for), with the step budget as
+    the trainer's limit::
 
         budget = compute_budget(ledger, dm, constants=constants)  # THEORY §5
         unlearner = UnlearningModule(model, method="sgld")
@@ -90,6 +93,12 @@ class UnlearningModule(pl.LightningModule):
         optimizer: optional factory ``params -> Optimizer`` replacing the default optimizer
             (or override :meth:`configure_optimizers`).
         seed: seed of the SGLD noise and of the random labels.
+        batch_adapter: how the evaluations (:attr:`result`, :class:`LossCalibratedStopping`)
+            and ``"random_label"`` read a batch: per-example loss, logits and targets (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`). Default: ``(x, y, ...)``
+            classification, or Hugging Face-style dicts (``input_ids``, ``labels``, model
+            output with ``.logits``); pass a ``BatchAdapter`` or a function
+            ``(model, batch) -> (loss, logits, targets)`` for anything else.
 
     Raises:
         UnsupportedModuleError: ``module`` is not a LightningModule with a ``training_step``.
@@ -104,7 +113,7 @@ class UnlearningModule(pl.LightningModule):
         ...     def forward(self, x):
         ...         return self.fc(x)
         ...     def training_step(self, batch, batch_idx):
-        ...         x, y, _ = batch
+        ...         x, y = batch
         ...         return torch.nn.functional.cross_entropy(self(x), y)
         >>> net = Net()
         >>> unlearner = UnlearningModule(net, method="sgld", lr=0.01, noise_multiplier=0.1)
@@ -130,6 +139,7 @@ class UnlearningModule(pl.LightningModule):
         num_classes: int | None = None,
         optimizer: OptimizerFactory | None = None,
         seed: int = 0,
+        batch_adapter: AdapterLike | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -166,9 +176,10 @@ class UnlearningModule(pl.LightningModule):
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.seed = seed
+        self.batch_adapter = as_adapter(batch_adapter)
         self.before: dict[str, Any] | None = None
         self.result: UnlearningResult | None = None
-        self.save_hyperparameters(ignore=["module", "optimizer"])
+        self.save_hyperparameters(ignore=["module", "optimizer", "batch_adapter"])
 
     # --- the unlearned model -------------------------------------------------------------
     def unlearned_module(self) -> pl.LightningModule:
@@ -190,46 +201,51 @@ class UnlearningModule(pl.LightningModule):
         with self._delegate_logging(enabled=False):
             return _as_loss(self.module.training_step(batch, batch_idx), "training_step")
 
-    def relabel(self, batch: Any) -> Any:
+    def relabel(self, batch: Any, sample_ids: Tensor | None = None) -> Any:
         """Give a forget batch random wrong labels (``"random_label"``; overridable).
 
         The new label of example ``i`` with label ``y`` is
         ``(y + 1 + h(i)) mod C`` with ``h`` a seeded hash of the sample id into ``[0, C-1)``,
-        so it never equals ``y`` and is the same every time ``i`` is drawn.
+        so it never equals ``y`` and is the same every time ``i`` is drawn. The labels are read
+        and replaced through ``batch_adapter`` (``targets`` / ``with_targets``).
+
+        Args:
+            batch: the forget batch.
+            sample_ids: its ids (from the :class:`~lightning_unlearn.data.TaggedBatch`); default
+                the ids the batch carries.
         """
-        ids = get_sample_ids(batch)
-        if isinstance(batch, Mapping):
-            key = next((k for k in _TARGET_KEYS if k in batch), None)
-            if key is None:
-                raise ValueError(
-                    f"Expected a dict batch with a label key (one of {list(_TARGET_KEYS)}), but "
-                    f"got {sorted(batch)}; override `UnlearningModule.relabel`."
-                )
-            target = batch[key]
-        elif isinstance(batch, tuple | list) and len(batch) >= 3:
-            target = batch[1]
-        else:
+        if sample_ids is None:
+            try:
+                sample_ids = get_sample_ids(batch)
+            except MissingSampleIdError:
+                raise MissingSampleIdError(
+                    "Expected the ids of the forget batch for 'random_label', but it carries "
+                    "none; fit with a `ForgetRetainDataModule` (its forget batches come with "
+                    "their ids) or pass `sample_ids`."
+                ) from None
+        adapter = self.batch_adapter
+        target = adapter.targets(batch)
+        if not isinstance(target, Tensor) or target.dim() != 1:
             raise ValueError(
-                "Expected a batch `(x, y, sample_id)` or a dict with labels for 'random_label', "
-                f"but got {type(batch).__name__}; override `UnlearningModule.relabel`."
+                "Expected one integer label per example for 'random_label', but the "
+                f"`batch_adapter` gave {type(target).__name__}; override "
+                "`UnlearningModule.relabel`."
             )
         num_classes = self.num_classes or self._infer_num_classes(batch)
-        mix = (ids * 2654435761 + self.seed * 97 + 12345) % 2147483647
+        mix = (sample_ids * 2654435761 + self.seed * 97 + 12345) % 2147483647
         new = (target + 1 + mix.to(target.device) % (num_classes - 1)) % num_classes
-        if isinstance(batch, Mapping):
-            return {**batch, key: new}
-        if hasattr(batch, "_replace"):
-            return batch._replace(**{batch._fields[1]: new})
-        items = list(batch)
-        items[1] = new
-        return type(batch)(items)
+        return adapter.with_targets(batch, new)
 
     def _infer_num_classes(self, batch: Any) -> int:
-        x = batch[0] if not isinstance(batch, Mapping) else batch.get("x", batch.get("input"))
         with torch.no_grad():
-            width = int(self.module(x).shape[-1])
-        self.num_classes = width
-        return width
+            logits = self.batch_adapter(self.module, batch).logits
+        if logits is None or logits.dim() != 2:
+            raise ValueError(
+                "Expected class logits [B, C] from the `batch_adapter` to infer the number of "
+                "classes for 'random_label', but it gave none; pass `num_classes=`."
+            )
+        self.num_classes = int(logits.shape[-1])
+        return self.num_classes
 
     def unlearning_loss(self, retain: Any, forget: Any, batch_idx: int) -> Tensor:
         """The objective of ``self.method`` on one step (see the table in the class docstring)."""
@@ -246,8 +262,11 @@ class UnlearningModule(pl.LightningModule):
                 forget, batch_idx
             )
         # random_label
+        forget_ids = None
+        if isinstance(forget, TaggedBatch):
+            forget, forget_ids = forget.batch, forget.sample_ids
         return self.retain_loss(retain, batch_idx) + self.forget_loss(
-            self.relabel(forget), batch_idx
+            self.relabel(forget, forget_ids), batch_idx
         )
 
     # --- Lightning hooks ----------------------------------------------------------------
@@ -262,6 +281,8 @@ class UnlearningModule(pl.LightningModule):
                 f"Expected batches {{'retain': ..., 'forget': ...}} for method {self.method!r}, "
                 "but got no forget batch; fit with a `ForgetRetainDataModule`."
             )
+        if isinstance(forget, TaggedBatch) and self.method != "random_label":
+            forget = forget.batch  # the user's own batch; only relabelling needs the ids
         loss = self.unlearning_loss(retain, forget, batch_idx)
         self.log("unlearn/train_loss", loss.detach(), prog_bar=True)
         return loss
@@ -288,7 +309,9 @@ class UnlearningModule(pl.LightningModule):
     @override
     def on_train_start(self) -> None:
         if self.before is None and _evaluable(self.trainer):
-            self.before = evaluate_splits(self.module, _datamodule(self.trainer))
+            self.before = evaluate_splits(
+                self.module, _datamodule(self.trainer), batch_adapter=self.batch_adapter
+            )
 
     @override
     def on_train_end(self) -> None:
@@ -309,7 +332,11 @@ class UnlearningModule(pl.LightningModule):
             stop_reason=reason,
             num_forget=int(dm.forget_ids.numel()) if dm is not None else 0,
             before=self.before or {},
-            after=evaluate_splits(self.module, dm) if dm is not None else {},
+            after=(
+                evaluate_splits(self.module, dm, batch_adapter=self.batch_adapter)
+                if dm is not None
+                else {}
+            ),
             trajectory=[dict(r) for s in stoppers for r in s.trajectory],
         )
 

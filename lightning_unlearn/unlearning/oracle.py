@@ -66,8 +66,9 @@ def train_oracle(
 
     "Same recipe" means the module's own ``training_step`` and ``configure_optimizers``, and
     the trainer settings you trained the original with (pass them as ``trainer_kwargs``, e.g.
-    ``max_epochs=20``). The retain loader is shuffled reproducibly and its batches keep the
-    original sample ids.
+    ``max_epochs=20``). The retain loader is shuffled reproducibly; its batches are the
+    data set's own (with ids only if the data set carries them) and its sampler draws the
+    original ids.
 
     Args:
         module: the trained module (not modified).

@@ -32,6 +32,7 @@ from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.data.indexed import IndexedDataset
 from lightning_unlearn.data.splits import EpochSeededSampler
 from lightning_unlearn.errors import LightningUnlearnError
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 from lightning_unlearn.unlearning.reference_stats import ReferenceStatistics, compute_statistics
 
 __all__ = [
@@ -386,15 +387,20 @@ class ReferenceModels:
             )
         return cls(modules, expected, manifest)
 
-    def statistics(self, dataloader: Any, *, batch_fn: Any = None) -> ReferenceStatistics:
+    def statistics(
+        self, dataloader: Any, *, batch_adapter: AdapterLike | None = None
+    ) -> ReferenceStatistics:
         """Per-example loss and logit-scaled confidence of every model on ``dataloader``.
 
         Args:
             dataloader: batches with sample ids in ``[0, N)`` (the training set, in any order;
                 e.g. ``DataLoader(indexed_train_set, batch_size=512)``).
-            batch_fn: optional ``batch -> (inputs, targets)``.
+            batch_adapter: how to read a batch (default: ``(x, y, ...)`` or Hugging Face dicts;
+                see :mod:`lightning_unlearn.evaluation.functional.adapters`).
 
         Returns:
             :class:`~lightning_unlearn.unlearning.reference_stats.ReferenceStatistics`.
         """
-        return compute_statistics(self.modules, self.in_mask, dataloader, batch_fn=batch_fn)
+        return compute_statistics(
+            self.modules, self.in_mask, dataloader, batch_adapter=batch_adapter
+        )

@@ -29,6 +29,7 @@ from lightning_unlearn.evaluation.functional import (
     per_example_logits,
     tolerance_band,
 )
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 
 __all__ = ["ExampleTargets", "Metric", "ReferenceStatistics", "compute_statistics", "score_model"]
 
@@ -36,14 +37,14 @@ Metric = Literal["phi", "loss"]
 
 
 def score_model(
-    model: nn.Module, dataloader: Any, *, batch_fn: Any = None
+    model: nn.Module, dataloader: Any, *, batch_adapter: AdapterLike | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(phi [n], loss [n], sample_ids [n])`` of one model over ``dataloader`` (eval mode).
 
     ``phi`` is :func:`~lightning_unlearn.evaluation.functional.logit_scaled_confidence`, the
     loss the cross-entropy, both from float32 (or wider) logits.
     """
-    logits, targets, ids = per_example_logits(model, dataloader, batch_fn=batch_fn)
+    logits, targets, ids = per_example_logits(model, dataloader, batch_adapter=batch_adapter)
     z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     phi = logit_scaled_confidence(z, targets)
     loss = F.cross_entropy(z, targets.long(), reduction="none")
@@ -183,7 +184,11 @@ class ReferenceStatistics:
 
 
 def compute_statistics(
-    modules: Sequence[nn.Module], in_mask: Tensor, dataloader: Any, *, batch_fn: Any = None
+    modules: Sequence[nn.Module],
+    in_mask: Tensor,
+    dataloader: Any,
+    *,
+    batch_adapter: AdapterLike | None = None,
 ) -> ReferenceStatistics:
     """Evaluate every model on ``dataloader`` and lay the results out as ``[K, N]`` tables.
 
@@ -194,7 +199,7 @@ def compute_statistics(
     phi = torch.full((k, n), float("nan"), dtype=torch.float64)
     loss = torch.full((k, n), float("nan"), dtype=torch.float64)
     for j, module in enumerate(modules):
-        p, ell, ids = score_model(module, dataloader, batch_fn=batch_fn)
+        p, ell, ids = score_model(module, dataloader, batch_adapter=batch_adapter)
         ids = ids.long().cpu()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
             raise ValueError(

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from lightning_unlearn.evaluation.functional import loss_mia_auroc, per_example_losses
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 from lightning_unlearn.integrity import atomic_write
 
 __all__ = ["UnlearningResult", "evaluate_splits"]
@@ -97,12 +98,18 @@ class UnlearningResult:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def evaluate_splits(model: nn.Module, datamodule: Any) -> dict[str, Any]:
-    """Mean cross-entropy and accuracy of ``model`` on the forget, retain and held-out sets.
+def evaluate_splits(
+    model: nn.Module, datamodule: Any, *, batch_adapter: AdapterLike | None = None
+) -> dict[str, Any]:
+    """Mean per-example loss and accuracy of ``model`` on the forget, retain and held-out sets.
 
     Args:
-        model: the classifier (the user's module).
+        model: the model (the user's module).
         datamodule: a :class:`~lightning_unlearn.ForgetRetainDataModule`.
+        batch_adapter: how to read a batch (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`; default ``(x, y, ...)``
+            classification or Hugging Face-style dicts: cross-entropy per example, or a causal
+            LM's mean token loss).
 
     Returns:
         ``{"forget": {"loss", "accuracy"}, "retain": {...}, "heldout": {...},
@@ -115,7 +122,7 @@ def evaluate_splits(model: nn.Module, datamodule: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     losses = {}
     for name, loader in loaders.items():
-        loss, _, correct = per_example_losses(model, loader)
+        loss, _, correct = per_example_losses(model, loader, batch_adapter=batch_adapter)
         losses[name] = loss
         out[name] = {
             "loss": _finite_or_none(loss.double().mean().item()),

@@ -11,6 +11,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_unlearn.evaluation.functional import loss_mia_auroc, per_example_losses
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 
 __all__ = ["LossCalibratedStopping"]
 
@@ -22,8 +23,8 @@ class LossCalibratedStopping(Callback):
     r"""Stop an unlearning run when the forget set's losses look like those of unseen data.
 
     Every ``check_every_n_steps`` optimizer steps (and once before the first step), the
-    per-example cross-entropy losses of the forget set :math:`F` and of a held-out set
-    :math:`H` are computed (eval mode, no gradients) and compared (THEORY §6):
+    per-example losses (read through ``batch_adapter``) of the forget set :math:`F` and of a
+    held-out set :math:`H` are computed (eval mode, no gradients) and compared (THEORY §6):
 
     * ``criterion="auroc"``: the loss-threshold membership attack's AUROC between :math:`F`
       and :math:`H`; the rule is satisfied when
@@ -53,6 +54,10 @@ class LossCalibratedStopping(Callback):
             ``trainer.datamodule.heldout_dataloader()``.
         check_on_train_start: also check before the first step (a forget set that already
             looks unseen then needs 0 steps).
+        batch_adapter: how to read a batch and get per-example losses (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`); default: the
+            ``batch_adapter`` of the :class:`~lightning_unlearn.UnlearningModule` being trained,
+            else ``(x, y, ...)`` classification or Hugging Face-style dicts.
 
     Raises:
         ValueError: an argument is out of range.
@@ -73,6 +78,7 @@ class LossCalibratedStopping(Callback):
         forget_dataloader: Iterable[Any] | None = None,
         heldout_dataloader: Iterable[Any] | None = None,
         check_on_train_start: bool = True,
+        batch_adapter: AdapterLike | None = None,
     ) -> None:
         if not isinstance(check_every_n_steps, int) or check_every_n_steps < 1:
             raise ValueError(
@@ -92,6 +98,7 @@ class LossCalibratedStopping(Callback):
         self.tolerance = float(tolerance)
         self.min_steps = min_steps
         self.check_on_train_start = check_on_train_start
+        self.batch_adapter = batch_adapter
         self._forget_loader = forget_dataloader
         self._heldout_loader = heldout_dataloader
         self.trajectory: list[dict[str, Any]] = []
@@ -148,8 +155,9 @@ class LossCalibratedStopping(Callback):
         inner = getattr(pl_module, "module", None)
         model: nn.Module = inner if isinstance(inner, nn.Module) else pl_module
         forget, heldout = self._loaders(trainer)
-        forget_losses, _, _ = per_example_losses(model, forget)
-        heldout_losses, _, _ = per_example_losses(model, heldout)
+        adapter = self.batch_adapter or getattr(pl_module, "batch_adapter", None)
+        forget_losses, _, _ = per_example_losses(model, forget, batch_adapter=adapter)
+        heldout_losses, _, _ = per_example_losses(model, heldout, batch_adapter=adapter)
         # One host sync per check (every n steps), not per step.
         forget_mean = forget_losses.double().mean().item()
         heldout_mean = heldout_losses.double().mean().item()

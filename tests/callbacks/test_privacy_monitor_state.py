@@ -121,11 +121,21 @@ def test_tensorboard_histograms_and_scalars(tmp_path) -> None:
     assert all(f"privacy/{s}" in text for s in names)
 
 
-def test_missing_sample_ids_name_indexed_dataset() -> None:
-    x, y = digits_inputs("mlp", 12)
-    plain = DataLoader(TensorDataset(x, y), batch_size=4)
-    with pytest.raises(MissingSampleIdError, match="IndexedDataset"):
-        make_trainer(callbacks=[PerInstancePrivacyMonitor()]).fit(LitClassifier("mlp"), plain)
+class _Stream(torch.utils.data.IterableDataset):
+    """An iterable dataset without ids: no sampler to read, nothing in the batch."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        x, y = digits_inputs("mlp", 12)
+        yield from zip(x, y, torch.zeros(12, dtype=torch.long), strict=True)
+
+
+def test_missing_sample_ids_name_both_fixes() -> None:
+    stream = DataLoader(_Stream(), batch_size=4)
+    monitor = PerInstancePrivacyMonitor(num_samples=12, sample_rate=1 / 3)
+    with pytest.raises(MissingSampleIdError, match="IterableDataset") as err:
+        make_trainer(callbacks=[monitor]).fit(LitClassifier("mlp"), stream)
+    assert "IndexedDataset" in str(err.value)
+    assert "sample_id_fn" in str(err.value)
 
 
 def test_sample_id_fn_for_custom_batches() -> None:

@@ -8,10 +8,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_unlearn import ForgetSetError
-from lightning_unlearn.data import IndexedDataset, get_sample_ids
+from lightning_unlearn.data import IndexedDataset, iterate_with_sampler_ids
 from lightning_unlearn.data.splits import (
     EpochSeededSampler,
     ForgetRetainDataModule,
+    TaggedBatch,
     validate_forget_ids,
 )
 
@@ -22,10 +23,14 @@ def _dataset(n: int = 50) -> TensorDataset:
 
 
 def _collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (which encode the id) and the ids read from the sampler; the batch itself
+    is the dataset's own `(x, y)` (or an `IndexedDataset` item, whose ids must agree)."""
     xs, ids = [], []
-    for batch in loader:
-        x, _, sid = batch
-        xs.append(x[:, 0].long())
+    for batch, sid in iterate_with_sampler_ids(loader):
+        assert len(batch) in (2, 3)
+        if len(batch) == 3:
+            assert torch.equal(batch[2], sid)
+        xs.append(batch[0][:, 0].long())
         ids.append(sid)
     return torch.cat(xs), torch.cat(ids)
 
@@ -52,8 +57,13 @@ def test_train_dataloader_pairs_retain_and_forget_batches() -> None:
     loader = dm.train_dataloader()
     seen_retain, seen_forget = [], []
     for batch, _, _ in loader:
-        seen_retain.append(get_sample_ids(batch["retain"]))
-        seen_forget.append(get_sample_ids(batch["forget"]))
+        x, _ = batch["retain"]  # the dataset's own batch, unchanged
+        seen_retain.append(x[:, 0].long())
+        forget = batch["forget"]
+        assert isinstance(forget, TaggedBatch)
+        x_f, _ = forget.batch
+        assert torch.equal(x_f[:, 0].long(), forget.sample_ids)
+        seen_forget.append(forget.sample_ids)
     assert len(seen_retain) == 5  # one epoch = one pass over the 47 retained examples
     assert sorted(torch.cat(seen_retain).tolist()) == list(range(3, 50))
     assert set(torch.cat(seen_forget).tolist()) == {0, 1, 2}  # the forget set cycles

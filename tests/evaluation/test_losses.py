@@ -60,8 +60,21 @@ def test_per_example_losses_dict_batches(digits):
     assert losses.shape == (20,)
 
 
-def test_per_example_losses_requires_ids(digits):
+def test_per_example_losses_reads_ids_from_the_sampler(digits):
+    """A plain TensorDataset, shuffled: the ids are the sampler's indices, in batch order."""
     x, y = digits
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    model = make_mlp()
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
+    losses, ids, _ = per_example_losses(model, loader)
+    assert sorted(ids.tolist()) == list(range(len(x)))
+    with torch.no_grad():  # independent reference: each example alone, by its id
+        ref = torch.nn.functional.cross_entropy(model(x[ids]), y[ids], reduction="none")
+    torch.testing.assert_close(losses, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_per_example_losses_without_ids_names_both_fixes(digits):
+    x, y = digits
+    batches = [(x[:8], y[:8])]  # not a DataLoader: no sampler to read
     with pytest.raises(MissingSampleIdError, match="IndexedDataset"):
-        per_example_losses(make_mlp(), loader)
+        per_example_losses(make_mlp(), batches)

@@ -45,7 +45,7 @@ class DigitsMLP(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
+        x, y = batch  # the dataset's own batches: the monitor reads ids from the sampler
         loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
         self.log("train_loss", loss)
         return loss

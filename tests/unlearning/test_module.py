@@ -20,6 +20,7 @@ from lightning_unlearn import (
     UnsupportedModuleError,
 )
 from lightning_unlearn.accounting import PrivacyLedger, StepModel, UnlearningConstants
+from lightning_unlearn.data import IndexedDataset
 from lightning_unlearn.unlearning import (
     METHODS,
     compute_budget,
@@ -55,7 +56,6 @@ def _data(n: int = 40) -> TensorDataset:
 
 
 def _batch(ds: TensorDataset, ids: list[int]):
-    from lightning_unlearn.data import IndexedDataset
 
     items = [IndexedDataset(ds)[i] for i in ids]
     return torch.utils.data.default_collate(items)
@@ -102,7 +102,10 @@ def test_default_and_custom_optimizers() -> None:
 
 
 def test_every_method_runs_under_a_trainer_and_checkpoints_the_users_keys(tmp_path) -> None:
-    dm = ForgetRetainDataModule(_data(), [0, 6, 9], heldout=8, batch_size=8, forget_batch_size=2)
+
+    # explicit ids (IndexedDataset): the user's training_step reads them from its batches
+    data = IndexedDataset(_data())
+    dm = ForgetRetainDataModule(data, [0, 6, 9], heldout=8, batch_size=8, forget_batch_size=2)
     for method in METHODS:
         net = Tiny()
         start = {k: v.clone() for k, v in net.state_dict().items()}
@@ -213,7 +216,8 @@ def test_budget_rejects_mismatched_ledgers_and_bad_calls() -> None:
 
 
 def test_train_oracle_retrains_a_fresh_copy_on_the_retain_set_only() -> None:
-    dm = ForgetRetainDataModule(_data(), [3, 4, 7], batch_size=8)
+
+    dm = ForgetRetainDataModule(IndexedDataset(_data()), [3, 4, 7], batch_size=8)
     net = Tiny()
     oracle = train_oracle(net, dm, max_epochs=1, accelerator="cpu")
     assert type(oracle) is Tiny
@@ -228,7 +232,7 @@ def test_stopping_trajectory_is_logged_to_tensorboard(tmp_path) -> None:
 
     from lightning_unlearn.unlearning import LossCalibratedStopping
 
-    dm = ForgetRetainDataModule(_data(), [0, 6, 9], heldout=10, batch_size=8)
+    dm = ForgetRetainDataModule(IndexedDataset(_data()), [0, 6, 9], heldout=10, batch_size=8)
     stop = LossCalibratedStopping(check_every_n_steps=2, criterion="loss_gap", min_steps=100)
     logger = TensorBoardLogger(tmp_path, name="unlearn")
     trainer = quiet_trainer(max_steps=6, logger=logger, callbacks=[stop])

@@ -1,5 +1,14 @@
 """Pure functions behind the evaluation metrics (THEORY §6)."""
 
+from lightning_unlearn.evaluation.functional.adapters import (
+    AutoAdapter,
+    BatchAdapter,
+    ClassificationAdapter,
+    ExampleOutputs,
+    FunctionAdapter,
+    HFAdapter,
+    as_adapter,
+)
 from lightning_unlearn.evaluation.functional.barrier import (
     interpolate_state,
     loss_barrier,
@@ -20,7 +29,11 @@ from lightning_unlearn.evaluation.functional.difficulty import (
     mean_true_class_confidence,
     true_class_confidence,
 )
-from lightning_unlearn.evaluation.functional.losses import per_example_logits, per_example_losses
+from lightning_unlearn.evaluation.functional.losses import (
+    per_example_logits,
+    per_example_losses,
+    per_example_outputs,
+)
 from lightning_unlearn.evaluation.functional.membership import (
     KSResult,
     LearnedMIAResult,
@@ -59,15 +72,22 @@ from lightning_unlearn.evaluation.functional.survival import (
 )
 
 __all__ = [
+    "AutoAdapter",
     "Band",
     "BandRule",
+    "BatchAdapter",
     "BootstrapCI",
+    "ClassificationAdapter",
+    "ExampleOutputs",
+    "FunctionAdapter",
+    "HFAdapter",
     "KSResult",
     "KaplanMeier",
     "LearnedMIAResult",
     "MaskedMoments",
     "MeasurementError",
     "StepsResult",
+    "as_adapter",
     "average_ranks",
     "binary_auroc",
     "binned_kl",
@@ -94,6 +114,7 @@ __all__ = [
     "per_example_logits",
     "per_example_loss_barrier",
     "per_example_losses",
+    "per_example_outputs",
     "prediction_divergence",
     "recompute_batchnorm",
     "spearman",

@@ -22,12 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lightning_unlearn.evaluation.functional._batch import (
-    BatchFn,
-    eval_mode,
-    iterate,
-    model_device,
-    split_batch,
+from lightning_unlearn.evaluation.functional._batch import eval_mode, model_device
+from lightning_unlearn.evaluation.functional.adapters import (
+    AdapterLike,
+    as_adapter,
+    batches_with_ids,
 )
 
 __all__ = [
@@ -73,7 +72,7 @@ def interpolate_state(
 
 @torch.no_grad()
 def recompute_batchnorm(
-    model: nn.Module, dataloader: Iterable[Any], *, batch_fn: BatchFn | None = None
+    model: nn.Module, dataloader: Iterable[Any], *, batch_adapter: AdapterLike | None = None
 ) -> None:
     """Recompute the running statistics of every BatchNorm layer of ``model`` on ``dataloader``.
 
@@ -85,16 +84,15 @@ def recompute_batchnorm(
     if not layers:
         return
     momenta = [m.momentum for m in layers]
-    device = model_device(model)
+    adapter = as_adapter(batch_adapter)
     with eval_mode(model):
         for layer in layers:
             layer.reset_running_stats()
             layer.momentum = None
             layer.train()
         seen = False
-        for batch in iterate(dataloader):
-            x, _, _ = split_batch(batch, batch_fn, with_ids=False)
-            model(x.to(device))
+        for batch, _ in batches_with_ids(dataloader, with_ids=False):
+            adapter(model, batch)
             seen = True
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
@@ -108,7 +106,7 @@ def interpolation_states(
     num_points: int = 11,
     *,
     bn_dataloader: Iterable[Any] | None = None,
-    batch_fn: BatchFn | None = None,
+    batch_adapter: AdapterLike | None = None,
 ) -> Iterator[tuple[float, dict[str, Tensor]]]:
     """Yield ``(lambda, state_dict)`` for each grid point, BatchNorm statistics recomputed.
 
@@ -118,7 +116,8 @@ def interpolation_states(
         num_points: grid size (>= 2), endpoints included.
         bn_dataloader: data on which BatchNorm statistics are recomputed; required when the
             models hold BatchNorm, ignored otherwise.
-        batch_fn: optional ``batch -> (inputs, targets)``.
+        batch_adapter: how to read a batch (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`).
 
     Raises:
         ValueError: different architectures, ``num_points < 2``, or BatchNorm without
@@ -141,7 +140,7 @@ def interpolation_states(
         if work is not None:
             assert bn_dataloader is not None
             work.load_state_dict(state)
-            recompute_batchnorm(work, bn_dataloader, batch_fn=batch_fn)
+            recompute_batchnorm(work, bn_dataloader, batch_adapter=batch_adapter)
             state = {k: v.detach().clone() for k, v in work.state_dict().items()}
         yield lam, state
 
@@ -173,26 +172,27 @@ def _curve(
     dataloader: Iterable[Any],
     num_points: int,
     bn_dataloader: Iterable[Any] | None,
-    batch_fn: BatchFn | None,
+    batch_adapter: AdapterLike | None,
     with_ids: bool,
 ) -> tuple[Tensor, Tensor | None]:
     work = copy.deepcopy(model_a)
+    adapter = as_adapter(batch_adapter)
     rows, ids = [], None
     states = interpolation_states(
         model_a,
         model_b,
         num_points,
         bn_dataloader=dataloader if bn_dataloader is None else bn_dataloader,
-        batch_fn=batch_fn,
+        batch_adapter=batch_adapter,
     )
     for _, state in states:
         work.load_state_dict(state)
         losses, batch_ids = [], []
-        for batch in iterate(dataloader):
-            x, y, sid = split_batch(batch, batch_fn, with_ids=with_ids)
-            losses.append(_loss_barrier_update(work, x, y))
-            if sid is not None:
-                batch_ids.append(sid)
+        with torch.no_grad(), eval_mode(work):
+            for batch, sid in batches_with_ids(dataloader, with_ids=with_ids):
+                losses.append(adapter(work, batch).loss)
+                if sid is not None and with_ids:
+                    batch_ids.append(sid)
         if not losses:
             raise ValueError("Expected a non-empty `dataloader`, but it yielded no batches.")
         row = torch.cat(losses).double()
@@ -215,7 +215,7 @@ def loss_barrier(
     num_points: int = 11,
     *,
     bn_dataloader: Iterable[Any] | None = None,
-    batch_fn: BatchFn | None = None,
+    batch_adapter: AdapterLike | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Loss barrier between two networks on a data set (THEORY §6).
 
@@ -236,7 +236,8 @@ def loss_barrier(
         num_points: number of equally spaced ``lambda`` values in [0, 1] (>= 2).
         bn_dataloader: data for recomputing BatchNorm statistics at each point (defaults to
             ``dataloader``); unused without BatchNorm.
-        batch_fn: optional ``batch -> (inputs, targets)``.
+        batch_adapter: how to read a batch (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`).
 
     Returns:
         ``(barrier, curve)``: the barrier (float64 scalar) and the mean loss at each of the
@@ -254,7 +255,7 @@ def loss_barrier(
         >>> barrier.abs().item() < 1e-6, tuple(curve.shape)
         (True, (5,))
     """
-    curve, _ = _curve(model_a, model_b, dataloader, num_points, bn_dataloader, batch_fn, False)
+    curve, _ = _curve(model_a, model_b, dataloader, num_points, bn_dataloader, batch_adapter, False)
     barrier, _ = _loss_barrier_compute(curve.mean(dim=1))
     return barrier, curve.mean(dim=1)
 
@@ -266,7 +267,7 @@ def per_example_loss_barrier(
     num_points: int = 11,
     *,
     bn_dataloader: Iterable[Any] | None = None,
-    batch_fn: BatchFn | None = None,
+    batch_adapter: AdapterLike | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Loss barrier of every single example, ``S = {x}`` (THEORY §6; [S25] relates it to P).
 
@@ -280,7 +281,8 @@ def per_example_loss_barrier(
             :class:`~lightning_unlearn.data.IndexedDataset`).
         num_points: number of equally spaced ``lambda`` values (>= 2).
         bn_dataloader: data for BatchNorm statistics (defaults to ``dataloader``).
-        batch_fn: optional ``batch -> (inputs, targets)``.
+        batch_adapter: how to read a batch (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`).
 
     Returns:
         ``(barriers [N] float64, sample_ids [N])``, sorted by sample id.
@@ -288,7 +290,9 @@ def per_example_loss_barrier(
     Raises:
         MissingSampleIdError: the batches carry no sample ids.
     """
-    curve, ids = _curve(model_a, model_b, dataloader, num_points, bn_dataloader, batch_fn, True)
+    curve, ids = _curve(
+        model_a, model_b, dataloader, num_points, bn_dataloader, batch_adapter, True
+    )
     assert ids is not None
     barriers, _ = _loss_barrier_compute(curve)
     return barriers, ids

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_unlearn.evaluation.functional._batch import (
-    BatchFn,
-    eval_mode,
-    iterate,
-    model_device,
-    split_batch,
+from lightning_unlearn.evaluation.functional._batch import eval_mode, model_device
+from lightning_unlearn.evaluation.functional.adapters import (
+    AdapterLike,
+    as_adapter,
+    batches_with_ids,
+    tensor_inputs,
 )
 
 __all__ = ["input_curvature"]
@@ -72,7 +72,7 @@ def input_curvature(
     *,
     kind: Literal["trace", "trace_squared"] = "trace",
     seed: int = 0,
-    batch_fn: BatchFn | None = None,
+    batch_adapter: AdapterLike | None = None,
     max_rows: int = 4096,
 ) -> tuple[Tensor, Tensor]:
     """Per-example curvature of the loss around the input (THEORY §6), by Hutchinson's method.
@@ -93,11 +93,12 @@ def input_curvature(
     Args:
         model: a classifier mapping inputs to logits (twice differentiable: prefer smooth
             activations; with ReLU only the softmax contributes curvature).
-        dataloader: batches carrying sample ids.
+        dataloader: its batches (ids carried by the batches, else the sampler's indices).
         num_probes: number of Rademacher vectors per example (>= 1).
         kind: ``"trace"`` (default) or ``"trace_squared"``.
         seed: seed of the probe vectors (a generator on the model's device).
-        batch_fn: optional ``batch -> (inputs, targets)``.
+        batch_adapter: how to read a batch; its ``inputs`` must be one tensor (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`).
         max_rows: at most this many (example, probe) pairs go through the model at once; the
             probes of a batch are processed in chunks to respect it (memory bound).
 
@@ -106,13 +107,12 @@ def input_curvature(
 
     Raises:
         ValueError: ``num_probes < 1``, an unknown ``kind`` or an empty loader.
-        MissingSampleIdError: the batches carry no sample ids.
+        MissingSampleIdError: no ids are known for a batch.
 
     Example:
         >>> import torch
         >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> from lightning_unlearn.data import IndexedDataset
-        >>> data = IndexedDataset(TensorDataset(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])))
+        >>> data = TensorDataset(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
         >>> curv, ids = input_curvature(torch.nn.Linear(3, 2), DataLoader(data), num_probes=4)
         >>> tuple(curv.shape), bool((curv >= -1e-9).all())  # convex in x for a linear model
         ((4,), True)
@@ -122,11 +122,12 @@ def input_curvature(
     if kind not in ("trace", "trace_squared"):
         raise ValueError(f"Expected `kind` 'trace' or 'trace_squared', but got {kind!r}.")
     device = model_device(model)
+    adapter = as_adapter(batch_adapter)
     generator = torch.Generator(device=device).manual_seed(seed)
     scores, ids = [], []
     with eval_mode(model), torch.enable_grad():
-        for batch in iterate(dataloader):
-            x, y, sid = split_batch(batch, batch_fn)
+        for batch, sid in batches_with_ids(dataloader):
+            x, y = tensor_inputs(adapter, batch)
             assert sid is not None
             x, y = x.to(device), y.to(device)
             curvature = _input_curvature_update(model, x, y, num_probes, kind, generator, max_rows)

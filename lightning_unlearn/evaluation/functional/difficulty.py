@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from lightning_unlearn.evaluation.functional._batch import (
-    BatchFn,
-    eval_mode,
-    iterate,
-    model_device,
-    split_batch,
+from lightning_unlearn.evaluation.functional._batch import eval_mode, model_device
+from lightning_unlearn.evaluation.functional.adapters import (
+    AdapterLike,
+    as_adapter,
+    batches_with_ids,
+    tensor_inputs,
 )
 
 __all__ = [
@@ -202,7 +202,7 @@ def grand_scores(
     model: nn.Module,
     dataloader: Iterable[Any],
     *,
-    batch_fn: BatchFn | None = None,
+    batch_adapter: AdapterLike | None = None,
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """GraNd score of every example: the norm of its own loss gradient (Paul et al. 2021).
@@ -218,24 +218,24 @@ def grand_scores(
 
     Args:
         model: a classifier mapping inputs to logits.
-        dataloader: batches carrying sample ids.
-        batch_fn: optional ``batch -> (inputs, targets)``.
+        dataloader: its batches (ids carried by the batches, else the sampler's indices).
+        batch_adapter: how to read a batch; its ``inputs`` must be one tensor (see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`).
         chunk_size: optional ``vmap`` chunk size to bound memory.
 
     Returns:
         ``(scores [N] float, sample_ids [N])`` in the loader's order, on the model's device.
 
     Raises:
-        MissingSampleIdError: the batches carry no sample ids.
+        MissingSampleIdError: no ids are known for a batch.
         ValueError: the model has no trainable parameters or the loader is empty.
 
     Example:
         >>> import torch
         >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> from lightning_unlearn.data import IndexedDataset
         >>> model = torch.nn.Linear(2, 2, bias=False)
         >>> _ = torch.nn.init.zeros_(model.weight)
-        >>> data = IndexedDataset(TensorDataset(torch.tensor([[3.0, 4.0]]), torch.tensor([0])))
+        >>> data = TensorDataset(torch.tensor([[3.0, 4.0]]), torch.tensor([0]))
         >>> scores, ids = grand_scores(model, DataLoader(data))
         >>> round(scores.item(), 4)  # ||(p - e_y) x^T|| = ||(-0.5, 0.5)|| * ||(3, 4)||
         3.5355
@@ -247,6 +247,7 @@ def grand_scores(
         )
     buffers = {k: b.detach() for k, b in model.named_buffers()}
     device = model_device(model)
+    adapter = as_adapter(batch_adapter)
 
     def example_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
@@ -255,8 +256,8 @@ def grand_scores(
     per_example_grad = vmap(grad(example_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)
     scores, ids = [], []
     with eval_mode(model):
-        for batch in iterate(dataloader):
-            x, y, sid = split_batch(batch, batch_fn)
+        for batch, sid in batches_with_ids(dataloader):
+            x, y = tensor_inputs(adapter, batch)
             assert sid is not None
             grads = per_example_grad(params, x.to(device), y.to(device))
             sq = sum(g.flatten(1).pow(2).sum(dim=1) for g in grads.values())
