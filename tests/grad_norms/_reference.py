@@ -43,11 +43,14 @@ def assert_exact(
     *,
     loss_reduction: str = "mean",
     rtol: float = 1e-9,
+    grad_slack: float = 0.0,
     **attach: Any,
 ) -> Tensor:
     """Attach ``mode`` hooks to ``net`` (float64), run ``batch_loss().backward()`` and check:
     the norms against :func:`per_example_reference`, ``p.grad`` against a plain backward within
-    twice the float64 summation bound, and ``net`` unchanged after ``detach``. Returns the
+    twice the float64 summation bound (plus ``grad_slack`` times the gradient's largest entry,
+    for layers the engine recomputes with another, equal formula, such as attention: their
+    inputs to the sums round differently), and ``net`` unchanged after ``detach``. Returns the
     squared norms."""
     params = [p for p in net.parameters() if p.requires_grad]
     reference, abs_sum = per_example_reference(params, example_loss, n)
@@ -73,7 +76,8 @@ def assert_exact(
         if g is None:
             assert p.grad is None or not p.grad.any()
             continue
-        excess = (p.grad.double() - g.double()).abs() - 2 * _GAMMA64 * a * scale - 1e-300
+        bound = 2 * _GAMMA64 * a * scale + grad_slack * g.abs().max()
+        excess = (p.grad.double() - g.double()).abs() - bound
         assert excess.max() <= 0, f"p.grad off by more than the summation bound: {excess.max()}"
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k]), k
