@@ -104,7 +104,7 @@ def test_transformer_layers_with_masks_are_exact(layer: str) -> None:
 
     def call(i: slice) -> Tensor:
         if layer == "encoder":
-            return net(x[i], src_mask=_causal(T), src_key_padding_mask=pad[i], is_causal=True)
+            return net(x[i], src_mask=_causal(T) != 0, src_key_padding_mask=pad[i], is_causal=True)
         return net(
             x[i], mem[i], tgt_mask=_causal(T), tgt_is_causal=True, memory_key_padding_mask=pad[i]
         )

@@ -76,7 +76,7 @@ def test_recurrent_dropout_and_packed_sequences_are_refused_with_the_fix() -> No
         hooks.clear()
         net.dropout = 0.0
         packed = nn.utils.rnn.pack_padded_sequence(x, [T] * B)
-        with pytest.raises(UnsupportedLayerError, match="PackedSequence.*padded"):
+        with pytest.raises(UnsupportedLayerError, match=r"PackedSequence.*padded"):
             net(packed)
 
 
