@@ -173,6 +173,17 @@ class FusedNormEngine:
             )
         for layer, handler, kwargs in plan:
             self._handles.append(layer.register_forward_hook(handler, with_kwargs=kwargs))
+        if any(type(m) is nn.Embedding for m in module.modules()):
+            # broadcast inputs are expanded to the batch of the module's own input, when the
+            # module itself is called (an HF model); else to that of the first traced layer
+            self._handles.append(module.register_forward_pre_hook(self._root, with_kwargs=True))
+
+    def _root(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._batch is None and not self._replaying and torch.is_grad_enabled():
+            for t in pytree.tree_leaves((args, kwargs)):
+                if isinstance(t, Tensor) and t.dim():
+                    self._batch = t.shape[0]
+                    return
 
     def _handler_for(
         self,
