@@ -348,7 +348,7 @@ def attach_norm_hooks(
     attached afterwards): attach to the eager module, compile afterwards. In ``"fused"`` mode
     recurrent layers, attention, layers returning tuples, shared layers and tied weights are
     exact (:mod:`lightning_unlearn.grad_norms.fused`); Opacus' modes refuse recurrent layers
-    and attention, and Opacus' ghost mode refuses tied weights (``NotImplementedError`` in the
+    and attention, and Opacus' ghost mode refuses tied weights (a named error in the
     forward pass).
 
     Args:
