@@ -210,6 +210,12 @@ class FusedNormEngine:
             return self._attention, True, True
         if isinstance(layer, nn.RNNBase):
             return self._unit, True, True
+        if isinstance(layer, nn.Embedding) and layer.scale_grad_by_freq:
+            raise UnsupportedLayerError(
+                f"Expected {label!r} (Embedding) with scale_grad_by_freq=False, but got True: "
+                "scaling by in-batch token counts couples examples, so per-example gradients "
+                "are undefined. Construct the embedding with scale_grad_by_freq=False."
+            )
         if type(layer) in norm_samplers:
             return (
                 self._sampler_handler(norm_samplers[type(layer)], materialised=False),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_unlearn.errors import NormHooksError
+from lightning_unlearn.errors import NormHooksError, UnsupportedLayerError
 from lightning_unlearn.grad_norms import attach_norm_hooks, find_unsupported_modules
 from tests.grad_norms._reference import assert_exact
 
@@ -144,3 +144,9 @@ def test_every_batchnorm_variant_is_detected(layer: nn.Module) -> None:
     net = nn.Sequential(nn.Linear(4, 4), layer)
     assert [n for n, _ in find_unsupported_modules(net)] == ["1"]
     assert find_unsupported_modules(nn.Sequential(nn.InstanceNorm1d(4, affine=True))) == []
+
+
+def test_embedding_scaled_by_frequency_is_refused_at_attach_naming_it() -> None:
+    net = nn.Sequential(nn.Embedding(5, 3, scale_grad_by_freq=True), nn.Linear(3, 1))
+    with pytest.raises(UnsupportedLayerError, match=r"'0' \(Embedding\).*scale_grad_by_freq"):
+        attach_norm_hooks(net)
