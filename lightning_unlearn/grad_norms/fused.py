@@ -590,10 +590,24 @@ class FusedNormEngine:
             out = functional_call(layer, params, batched)
             return (out * go.unsqueeze(0)).sum()
 
+        named = dict(layer.named_parameters(recurse=False))
         self._replaying = True
         try:
             grads = vmap(grad(example_loss), in_dims=(None, 0, *dims))(own, g, *inputs)
+        except RuntimeError as err:
+            label = self._names.get(id(layer), type(layer).__name__)
+            if "randomness" in str(err):
+                raise UnsupportedLayerError(
+                    f"Expected {label!r} ({type(layer).__name__}) to be deterministic, but it "
+                    "draws random numbers (dropout inside the layer): re-running it per example "
+                    "cannot reproduce them. Move the randomness into its own module (e.g. "
+                    "`nn.Dropout`) outside the layer, or freeze the layer."
+                ) from err
+            # an operation torch.func cannot batch: a loop over the examples instead (exact)
+            from lightning_unlearn.grad_norms.fused_units import per_example_grads
+
+            loop = per_example_grads(layer, label, tuple(inputs), {}, [g], g.shape[0])
+            return dict(loop)
         finally:
             self._replaying = False
-        named = dict(layer.named_parameters(recurse=False))
         return {named[n]: v for n, v in grads.items()}

@@ -135,3 +135,40 @@ def test_lightning_demo_lstm_is_exact_and_its_default_dropout_is_named() -> None
         pytest.raises(UnsupportedLayerError, match=r"'rnn' \(LSTM\).*dropout=0.2"),
     ):
         dropped(x, dropped.init_hidden(B))
+
+
+class NotVmappable(nn.Module):
+    """An operation torch.func cannot batch (``.item()``): the per-example loop takes over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(D))
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = [x[i] * self.w * float(x[i].sum().item() > -1e9) for i in range(x.shape[0])]
+        return torch.stack(rows)
+
+
+class Noisy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(D))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.dropout(x * self.w, 0.5)
+
+
+def test_layer_torch_func_cannot_batch_falls_back_to_an_exact_loop() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(NotVmappable(), nn.Tanh(), nn.Linear(D, 1)).double()
+    x = torch.randn(B, D, dtype=torch.float64)
+    assert_exact(net, lambda: net(x).pow(2).mean(), lambda i: net(x[i : i + 1]).pow(2).sum(), B)
+
+
+def test_random_custom_layer_is_named_not_wrong() -> None:
+    net = nn.Sequential(Noisy(), nn.Linear(D, 1))
+    with (
+        attach_norm_hooks(net),
+        pytest.raises(UnsupportedLayerError, match=r"'0' \(Noisy\).*deterministic"),
+    ):
+        net(torch.randn(B, D)).sum().backward()  # raised from the backward pass
