@@ -577,37 +577,7 @@ class FusedNormEngine:
     def _torch_func_sampler(
         self, layer: nn.Module, inputs: list[Any], g: Tensor
     ) -> dict[Tensor, Tensor]:
-        """Per-example gradients of ``layer``'s own parameters by ``torch.func``: the layer
-        itself (its current mode and attributes) is re-run on each example under ``vmap``,
-        with this engine's hooks standing aside. The sampler signature of Opacus."""
-        from torch.func import functional_call, grad, vmap
+        """The sampler signature of Opacus over :func:`fused_units.torch_func_grads`."""
+        from lightning_unlearn.grad_norms.fused_units import torch_func_grads
 
-        own = {n: p.detach() for n, p in layer.named_parameters(recurse=False) if p.requires_grad}
-        dims = tuple(0 if isinstance(t, Tensor) else None for t in inputs)
-
-        def example_loss(params: dict[str, Tensor], go: Tensor, *args: Any) -> Tensor:
-            batched = tuple(a.unsqueeze(0) if isinstance(a, Tensor) else a for a in args)
-            out = functional_call(layer, params, batched)
-            return (out * go.unsqueeze(0)).sum()
-
-        named = dict(layer.named_parameters(recurse=False))
-        self._replaying = True
-        try:
-            grads = vmap(grad(example_loss), in_dims=(None, 0, *dims))(own, g, *inputs)
-        except RuntimeError as err:
-            label = self._names.get(id(layer), type(layer).__name__)
-            if "randomness" in str(err):
-                raise UnsupportedLayerError(
-                    f"Expected {label!r} ({type(layer).__name__}) to be deterministic, but it "
-                    "draws random numbers (dropout inside the layer): re-running it per example "
-                    "cannot reproduce them. Move the randomness into its own module (e.g. "
-                    "`nn.Dropout`) outside the layer, or freeze the layer."
-                ) from err
-            # an operation torch.func cannot batch: a loop over the examples instead (exact)
-            from lightning_unlearn.grad_norms.fused_units import per_example_grads
-
-            loop = per_example_grads(layer, label, tuple(inputs), {}, [g], g.shape[0])
-            return dict(loop)
-        finally:
-            self._replaying = False
-        return {named[n]: v for n, v in grads.items()}
+        return torch_func_grads(self, layer, inputs, g)
