@@ -180,11 +180,7 @@ class NormHooks:
             )
         sizes = {int(t.shape[0]) for t in sq_terms}
         if len(sizes) != 1:
-            raise NormHooksError(
-                "Expected every layer to see the same batch size, but got per-sample gradients "
-                f"of sizes {sorted(sizes)}. Layers must take batch-first inputs of the same "
-                "batch; call `per_sample_norms()` after every backward pass."
-            )
+            raise self._batch_size_error(sq_terms)
         device = sq_terms[0].device
         dtype = torch.float64 if any(t.dtype == torch.float64 for t in sq_terms) else torch.float32
         batch_size = sq_terms[0].shape[0]
@@ -197,6 +193,24 @@ class NormHooks:
             # share of a mean loss is (1/B) * g_i, so one multiplication recovers ||g_i||.
             norms = norms * batch_size
         return norms
+
+    def _batch_size_error(self, sq_terms: list[Tensor]) -> NormHooksError:
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        seen = [
+            (names.get(id(p), "?"), int(t.shape[0]))
+            for p in self._parameters
+            if (t := self._param_sq_norms(p)) is not None
+        ]
+        largest = max(b for _, b in seen)
+        odd = [f"{n} ({b})" for n, b in seen if b != largest]
+        return NormHooksError(
+            "Expected every layer to see the same batch size, but got per-sample gradients of "
+            f"sizes {sorted({b for _, b in seen})}; batch {largest} except {', '.join(odd)}. "
+            "Layers must take batch-first inputs of the same batch: an input broadcast over the "
+            "batch (HF transformers' position_ids of shape [1, T]) gives batch 1. Use "
+            "`mode='fused'` (the default), which expands broadcast embedding inputs, or pass "
+            "inputs expanded to the batch; call `per_sample_norms()` after every backward pass."
+        )
 
     def _opacus_covered(self) -> set[int]:
         attr = "_norm_sample" if self.mode == "ghost" else "grad_sample"

@@ -81,3 +81,16 @@ def test_gpt2_lm_with_tied_embeddings_is_exact(checkpointing: bool) -> None:
         rtol=1e-6,
         grad_slack=1e-6,
     )
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_opacus_modes_name_the_broadcast_position_embedding(mode: str) -> None:
+    from lightning_unlearn.errors import NormHooksError
+    from lightning_unlearn.grad_norms import attach_norm_hooks
+
+    model = _bert("eager")
+    ids = torch.randint(0, 100, (B, T))
+    with attach_norm_hooks(model, mode) as hooks:  # type: ignore[arg-type]
+        model(input_ids=ids, labels=torch.tensor([0, 1, 2])).loss.backward()
+        with pytest.raises(NormHooksError, match=r"position_embeddings.weight \(1\).*mode='fused'"):
+            hooks.per_sample_norms()
