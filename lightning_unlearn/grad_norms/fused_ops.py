@@ -123,7 +123,15 @@ class _FusedConv(torch.autograd.Function):
             gbf = gb.to(sq.dtype)
             sq = sq + (gbf * gbf).sum(1)
             grad_b = gb.sum(0).to(weight.dtype)
-        engine._add(sq, ctx.fired)
+        if engine.materialise(layer):
+            grads: list[tuple[Any, Tensor, int]] = []
+            if grad_w is not None:
+                grads.append((layer.weight, per_example.reshape(b, *weight.shape), 0))
+            if grad_b is not None:
+                grads.append((layer.bias, gb, 0))
+            engine._record(layer, ctx.fired, None, grads)
+        else:
+            engine._record(layer, ctx.fired, sq, None)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -140,11 +148,13 @@ class _FusedLinear(torch.autograd.Function):
         bias: Tensor | None,
         holder: list[Tensor],
         engine: FusedNormEngine,
+        layer: nn.Module,
+        targets: tuple[Any, ...] | None = None,
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.engine = engine
+        ctx.engine, ctx.layer, ctx.targets = engine, layer, targets
         ctx.fired = [False]
-        ctx.has_bias = bias is not None
+        ctx.has_bias = bias is not None and bias.requires_grad
         return holder[0]
 
     @staticmethod
@@ -159,14 +169,22 @@ class _FusedLinear(torch.autograd.Function):
         acc = torch.float32 if g.dtype != torch.float64 else g.dtype
         sq = _sq_norms(per_example, acc)
         grad_w = per_example.sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        grad_b = None
+        grad_b = gb = None
         if ctx.has_bias:
             gb = g3.sum(1)
             gbf = gb.to(acc)
             sq = sq + (gbf * gbf).sum(1)
             grad_b = gb.sum(0).to(weight.dtype)
-        ctx.engine._add(sq, ctx.fired)
-        return grad_x, grad_w, grad_b, None, None
+        engine: FusedNormEngine = ctx.engine
+        if ctx.targets is not None or engine.materialise(ctx.layer):
+            wp, w0, bp, b0 = ctx.targets or (ctx.layer.weight, 0, ctx.layer.bias, 0)
+            grads = [(wp, per_example, w0)] if grad_w is not None else []
+            if gb is not None:
+                grads.append((bp, gb, b0))
+            engine._record(ctx.layer, ctx.fired, None, grads)
+        else:
+            engine._record(ctx.layer, ctx.fired, sq, None)
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _conv_per_example_weight_grads(
@@ -226,9 +244,11 @@ class _FusedGroupNorm(torch.autograd.Function):
         mean: Tensor,
         rstd: Tensor,
         engine: FusedNormEngine,
+        layer: nn.Module,
     ) -> Tensor:
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups, ctx.engine, ctx.has_bias = groups, engine, bias is not None
+        ctx.layer = layer
         ctx.fired = [False]
         return holder[0]
 
@@ -261,7 +281,14 @@ class _FusedGroupNorm(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             sq = sq + _sq_norms(per_b, acc)
             grad_b = per_b.sum(0).to(weight.dtype)
-        ctx.engine._add(sq, ctx.fired)
+        engine: FusedNormEngine = ctx.engine
+        if engine.materialise(ctx.layer):
+            grads = [(ctx.layer.weight, per_w, 0)] if grad_w is not None else []
+            if grad_b is not None:
+                grads.append((ctx.layer.bias, per_b, 0))
+            engine._record(ctx.layer, ctx.fired, None, grads)
+        else:
+            engine._record(ctx.layer, ctx.fired, sq, None)
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape).to(x.dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None

@@ -25,10 +25,10 @@ per-example gradients. This module registers exact samplers, through
 
 A text model built from these layers (token ``nn.Embedding``, self-attention whose projections
 are ``nn.Linear``, ``nn.LayerNorm``) is therefore covered end to end. Plain
-``nn.MultiheadAttention`` is not: Opacus hands a norm sampler only the positional forward inputs,
-so attention masks passed as keyword arguments would be silently lost, and Opacus' functorch
-fall-back fails on its three inputs. Use attention built from ``nn.Linear`` projections (as the
-benchmark's text model does) or ``opacus.layers.DPMultiheadAttention``.
+``nn.MultiheadAttention`` has no norm sampler (Opacus hands a sampler only the positional forward
+inputs, so masks passed as keyword arguments would be lost): the ``"fused"`` engine treats it as
+one unit with its ``out_proj`` (:mod:`lightning_unlearn.grad_norms.fused_attention`), and
+Opacus' modes refuse it at attach.
 
 Every sampler here has the signature Opacus expects,
 ``sampler(layer, activations: list[Tensor], backprops: Tensor) -> dict[Parameter, Tensor[B]]``,

@@ -528,49 +528,17 @@ def test_custom_layer_without_buffers_uses_the_torch_func_fallback() -> None:
 
 
 # ---------------------------------------------------------------------------- errors
-def test_tied_weights_are_refused_at_attach() -> None:
+def test_failed_attach_leaves_the_module_as_before() -> None:
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
-    b.weight = a.weight
-    net = nn.Sequential(Gated(), a, nn.Tanh(), b)
-    with pytest.raises(NormHooksError, match=r"tied weights.*mode='hooks'"):
-        attach_norm_hooks(net, "fused")
-    # no hook was left behind: hooks of another mode can be attached
-    assert all(not m._forward_hooks for m in net.modules())
-    attach_norm_hooks(net, "hooks").detach()
-
-
-@pytest.mark.parametrize("error", ["tied", "buffers"])
-def test_failed_attach_leaves_the_module_as_before(error: str) -> None:
-    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
-    if error == "tied":
-        b.weight = a.weight
-    net = nn.Sequential(Gated(), a, b, WithBuffer() if error == "buffers" else nn.Identity())
+    net = nn.Sequential(Gated(), a, b, WithBuffer())
     with pytest.raises((NormHooksError, UnsupportedLayerError)):
         attach_norm_hooks(net, "fused")
     assert "ft_compute_sample_grad" not in vars(net[0])
 
 
-def test_layer_called_twice_in_one_forward_is_refused() -> None:
-    class Twice(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(4, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.lin(torch.tanh(self.lin(x)))
-
-    net, x = Twice(), torch.randn(B, 4)
-    with attach_norm_hooks(net, "fused") as hooks:
-        with pytest.raises(NormHooksError, match=r"Linear ran twice.*mode='hooks'"):
-            net(x)
-        hooks.clear()
-        with torch.no_grad():  # a forward that records nothing may call it twice
-            net(x)
-
-
 def test_layer_with_buffers_and_no_rule_is_refused_naming_it() -> None:
     net = nn.Sequential(nn.Linear(4, 4), WithBuffer())
-    with pytest.raises(UnsupportedLayerError, match=r"1 \(WithBuffer\).*register_norm_sampler"):
+    with pytest.raises(UnsupportedLayerError, match=r"'1' \(WithBuffer\).*register_norm_sampler"):
         attach_norm_hooks(net, "fused")
     assert all(not m._forward_hooks for m in net.modules())
     net[1].scale.requires_grad_(False)  # the fix the message names
@@ -600,7 +568,7 @@ def _batchnorm_reference(net: nn.Sequential, x: Tensor, y: Tensor) -> Tensor:
 def test_batchnorm_rejected_and_exclude_unsupported_matches_reference() -> None:
     net = build_net("batchnorm").double()
     assert isinstance(net, nn.Sequential)
-    with pytest.raises(UnsupportedLayerError, match=r"1 \(BatchNorm1d\).*exclude_unsupported"):
+    with pytest.raises(UnsupportedLayerError, match=r"'1' \(BatchNorm1d\).*exclude_unsupported"):
         attach_norm_hooks(net, "fused")
     x, y = digits_inputs("mlp", 8)
     x = x.double()

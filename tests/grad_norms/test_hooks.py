@@ -189,22 +189,28 @@ def test_tied_weights_need_hooks_mode() -> None:
         torch.testing.assert_close(hooks.per_sample_norms().pow(2), torch.stack(reference))
     with (
         attach_norm_hooks(net, "ghost") as hooks,
-        pytest.raises(NotImplementedError, match="tying"),
+        pytest.raises(UnsupportedLayerError, match=r"'lin' \(Linear\) ran again.*mode='fused'"),
     ):
         net(x)
 
 
-def test_multihead_attention_is_rejected_up_front_with_a_fix() -> None:
+@pytest.mark.parametrize("mode", ["ghost", "hooks", "functorch"])
+def test_attention_and_rnn_are_refused_in_opacus_modes_with_a_fix(mode: str) -> None:
     class Attn(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.rnn = nn.LSTM(8, 8)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.attn(x, x, x)[0]
+            return self.rnn(self.attn(x, x, x)[0])[0]
 
     net = Attn()
-    with pytest.raises(UnsupportedLayerError, match=r"attn.*scaled_dot_product_attention"):
-        attach_norm_hooks(net)
-    # nothing was attached: a later attach of a supported model is unaffected
+    with pytest.raises(
+        UnsupportedLayerError, match=r"'attn' \(MultiheadAttention\), 'rnn' \(LSTM\).*'fused'"
+    ):
+        attach_norm_hooks(net, mode)
+    # nothing was attached: a later attach is unaffected
     assert not any(k.startswith("_lightning_unlearn") for k in vars(net))
+    assert all(not m._forward_hooks for m in net.modules())
+    attach_norm_hooks(net, "fused").detach()
