@@ -148,6 +148,10 @@ class PerInstancePrivacyMonitor(Callback):
         num_samples: N; default ``len`` of the training ``DataLoader``'s dataset.
         exclude_unsupported: leave BatchNorm-like layers out of the norm (see
             :func:`~lightning_unlearn.grad_norms.attach_norm_hooks`).
+        exclude: qualified names of parameters (or of layers, for all their parameters) left
+            out of the norm on purpose, e.g. a learnable temperature used directly in
+            ``training_step``; a warning names them and their share of the parameters, and the
+            losses then describe the remaining parameters only.
         log_histograms: write TensorBoard histograms every epoch.
         flush_every: backward passes whose ``(ids, r, norms)`` are buffered on the device
             before the per-step loss of THEORY §2 and the ledger update run once over all of
@@ -200,6 +204,7 @@ class PerInstancePrivacyMonitor(Callback):
         loss_reduction: LossWeights = "mean",
         num_samples: int | None = None,
         exclude_unsupported: bool = False,
+        exclude: Sequence[str] = (),
         log_histograms: bool = True,
         flush_every: int = 32,
         self_check: bool = True,
@@ -234,6 +239,12 @@ class PerInstancePrivacyMonitor(Callback):
         self.loss_reduction: LossWeights = loss_reduction
         self.num_samples = num_samples
         self.exclude_unsupported = exclude_unsupported
+        if isinstance(exclude, str) or not all(isinstance(n, str) for n in exclude):
+            raise ValueError(
+                f"Expected `exclude` to be a sequence of qualified parameter names, but got "
+                f"{exclude!r}."
+            )
+        self.exclude = tuple(exclude)
         self.log_histograms = log_histograms
         self.flush_every = flush_every
         self.self_check = bool(self_check)
@@ -311,6 +322,7 @@ class PerInstancePrivacyMonitor(Callback):
             self.grad_sample_mode,
             loss_reduction=engine_reduction(self.loss_reduction),
             exclude_unsupported=self.exclude_unsupported,
+            exclude=self.exclude,
         )
 
     @override
@@ -410,6 +422,8 @@ class PerInstancePrivacyMonitor(Callback):
             self.self_check_result = run_self_check(self, trainer, pl_module, batch, batch_idx, ids)
         if self._hooks is not None:
             self._hooks.clear()  # drop anything left by a backward the monitor did not see
+            # Inputs broadcast over the batch (HF's [1, T] position_ids) are expanded to it.
+            self._hooks.expect_batch_size(ids.shape[0])
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -62,11 +62,8 @@ class BertClassifier(pl.LightningModule):
         self.model = transformers.BertForSequenceClassification(config)
 
     def forward(self, **batch: torch.Tensor) -> Any:
-        # TODO(issue 11a): drop `position_ids` once the norm engine handles HF's broadcast
-        # [1, T] position_ids; it is here only so that this test passes before that merge.
-        ids = batch["input_ids"]
-        position_ids = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        return self.model(**batch, position_ids=position_ids)
+        # Unchanged HF call: its default broadcast [1, T] position_ids are handled by the engine.
+        return self.model(**batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(**batch).loss

@@ -2,14 +2,12 @@
 
 Every case compares the monitor's recorded per-example norms with an independent float64
 batch-of-one reference (``_zoo.reference_norms``: the example's own loss written out here, not
-the package's code), or asserts the package's named error where that is the contract. Cases the
-issue-11a engine makes exact are written as the exact test and marked ``xfail(strict=True)``;
-beside each, a "loud" test asserts what holds today: exact, or a named error (the first-step
-self-check turns the engine's silent omissions into ``SelfCheckError``).
+the package's code), or asserts the package's named error where that is the contract.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -27,25 +25,14 @@ from lightning_unlearn.callbacks import token_mean_weights
 from lightning_unlearn.errors import (
     LightningUnlearnError,
     MultipleBackwardError,
+    NormHooksError,
     SelfCheckError,
     UnsupportedLayerError,
 )
 from tests.integration._zoo import assert_records_match, fit, no_dropout
 
-NEEDS_11A = "needs issue-11a engine: "
-# Today these cases fail loudly (a named error) or, where the engine is silently off and the
-# self-check is bypassed, on the comparison with the reference.
-XFAIL_RAISES = (LightningUnlearnError, AssertionError)
 torch.manual_seed(0)
 X32 = torch.randn(12, 32)
-
-
-def _exact_or_named(run: Any) -> None:
-    """The contract of today's engine for a case 11a makes exact: exact, or a named error."""
-    try:
-        run()
-    except LightningUnlearnError:
-        return
 
 
 # ---------------------------------------------------------------- Lightning's demos
@@ -114,18 +101,10 @@ def _tokens() -> TensorDataset:
     return TensorDataset(TOKENS[:, :-1], TOKENS[:, 1:])
 
 
-@pytest.mark.xfail(
-    strict=True, raises=XFAIL_RAISES, reason=NEEDS_11A + "nn.Transformer / nn.MultiheadAttention"
-)
 def test_demo_transformer_exact() -> None:
     module = Transformer()
     rec = fit(module, _tokens())
     assert_records_match(rec, module, _transformer_loss)
-
-
-def test_demo_transformer_loud() -> None:
-    module = Transformer()
-    _exact_or_named(lambda: assert_records_match(fit(module, _tokens()), module, _transformer_loss))
 
 
 class LSTM(LightningLSTM):
@@ -150,18 +129,10 @@ def _lstm_loss(m: nn.Module, i: int) -> Tensor:
     return F.nll_loss(out, y.reshape(-1))
 
 
-@pytest.mark.xfail(
-    strict=True, raises=XFAIL_RAISES, reason=NEEDS_11A + "nn.LSTM (tuple output) norms"
-)
 def test_demo_lstm_exact() -> None:
     module = LSTM()
     rec = fit(module, _tokens())
     assert_records_match(rec, module, _lstm_loss)
-
-
-def test_demo_lstm_loud() -> None:
-    module = LSTM()
-    _exact_or_named(lambda: assert_records_match(fit(module, _tokens()), module, _lstm_loss))
 
 
 # ---------------------------------------------------------------- custom layers
@@ -203,13 +174,27 @@ def _tuple_loss(m: nn.Module, i: int) -> Tensor:
     return F.cross_entropy(m.scores(X32[i : i + 1].double()), Y3[i : i + 1])
 
 
-@pytest.mark.xfail(
-    strict=True, raises=XFAIL_RAISES, reason=NEEDS_11A + "tuple outputs and module-level parameters"
-)
-def test_tuple_layer_and_module_parameter_exact() -> None:
+def test_tuple_layer_exact() -> None:
+    # The module-level temperature is frozen here: a parameter used outside every submodule's
+    # forward has no per-sample rule, and its contract is the named error tested below.
     module = TupleNet()
+    module.temperature.requires_grad_(False)
     rec = fit(module, TensorDataset(X32, Y3))
     assert_records_match(rec, module, _tuple_loss)
+
+
+def test_module_level_parameter_is_a_named_error_of_the_engine() -> None:
+    with pytest.raises(NormHooksError, match="'temperature' received a gradient"):
+        fit(TupleNet(), TensorDataset(X32, Y3), monitor={"self_check": False})
+
+
+def test_module_level_parameter_excluded_by_name_warns_and_the_rest_is_exact() -> None:
+    module = TupleNet()
+    with pytest.warns(UserWarning, match="temperature"):
+        rec = fit(module, TensorDataset(X32, Y3), monitor={"exclude": ["temperature"]})
+    without = copy.deepcopy(module)  # the reference over the parameters that were kept
+    without.temperature.requires_grad_(False)
+    assert_records_match(rec, without, _tuple_loss)
 
 
 def test_module_level_parameter_is_named_by_the_self_check() -> None:
@@ -219,13 +204,6 @@ def test_module_level_parameter_is_named_by_the_self_check() -> None:
 
     with pytest.raises(LightningUnlearnError, match="temperature"):
         fit(OnlyTemperature(), TensorDataset(X32, Y3))
-
-
-def test_tuple_layer_loud() -> None:
-    module = TupleNet()
-    _exact_or_named(
-        lambda: assert_records_match(fit(module, TensorDataset(X32, Y3)), module, _tuple_loss)
-    )
 
 
 # ---------------------------------------------------------------- ResNet-18-style
@@ -356,12 +334,13 @@ def test_two_manual_backward_calls_per_step_raise() -> None:
         fit(TwoBackward(), TensorDataset(X32))
 
 
-def test_compiled_submodule_run_before_fit_is_loud() -> None:
+def test_compiled_submodule_run_before_fit_is_a_named_error() -> None:
     module = MLP()
     module.net[0] = torch.compile(module.net[0], backend="eager")
     module.net(X32[:6])  # traced now, before the monitor's hooks exist
-    with pytest.raises(LightningUnlearnError):
+    with pytest.raises(NormHooksError, match="compile") as err:
         fit(module, TensorDataset(X32, Y3))
+    assert "net.0" in str(err.value)
 
 
 # ---------------------------------------------------------------- losses not a batch mean
@@ -494,17 +473,9 @@ def _hf_case(kind: str) -> None:
     assert_records_match(rec, module, loss)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=XFAIL_RAISES, reason=NEEDS_11A + "HF broadcast position_ids, tied weights"
-)
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_hf_tiny_exact(kind: str) -> None:
     _hf_case(kind)
-
-
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
-def test_hf_tiny_loud(kind: str) -> None:
-    _exact_or_named(lambda: _hf_case(kind))
 
 
 def test_zoo_reference_is_float64() -> None:
