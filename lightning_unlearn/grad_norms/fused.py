@@ -49,8 +49,8 @@ that of the first layer traced in the pass, or the one given to
 a segment inside the backward pass. Non-reentrant checkpointing (``use_reentrant=False``, HF's
 default) recomputes a layer already traced in the pass: the engine rebuilds the same structure
 and counts nothing. Reentrant checkpointing runs the first forward without gradients and the
-recomputation with them: that is the call traced. (Known gap: under *reentrant* checkpointing,
-a layer called twice inside one checkpointed segment is counted once.)
+recomputation with them: those are the calls traced, counted like a forward pass's (a layer
+called twice inside one segment is a shared layer).
 
 Limits (each raises a named error naming the layer): a second backward pass through one forward
 pass (``retain_graph``; refused when the norms are read), a forward pass after a backward pass
@@ -111,6 +111,7 @@ class FusedNormEngine:
         self._replaying = False  # inside a per-example re-run: hooks stand aside
         self._acc: dict[int, Tensor] = {}  # per-example gradients of shared layers' parameters
         self._calls: dict[int, int] = {}
+        self._forward_calls: set[int] = set()  # layers traced outside a backward pass
         self._batch: int | None = None
         self._backward_seen = False
         self._covered: set[int] = set()
@@ -330,6 +331,7 @@ class FusedNormEngine:
         self.repeated = False
         self._acc = {}
         self._calls.clear()
+        self._forward_calls.clear()
         self._sharing = bool(self._shared_layers)
         self._batch = None
         self._backward_seen = False
@@ -359,8 +361,10 @@ class FusedNormEngine:
         if _graph_task_id() != -1:
             # inside a backward pass: a checkpointed segment recomputed. Non-reentrant: the
             # layer was traced in the forward pass; rebuild the same structure (the saved
-            # tensors must match), count nothing. Reentrant: this is the traced call.
-            if calls:
+            # tensors must match), count nothing. Reentrant: the first forward ran without
+            # gradients, so these are the traced calls, counted like a forward pass's (a layer
+            # called twice in the segment is then a shared layer).
+            if key in self._forward_calls:
                 return True
         elif self._backward_seen:
             label = self._names.get(key, type(layer).__name__)
@@ -371,6 +375,8 @@ class FusedNormEngine:
                 "of one example's gradient. Call `per_sample_norms()` and `clear()` after each "
                 "backward pass, or sum the losses and call backward once."
             )
+        else:
+            self._forward_calls.add(key)
         self._calls[key] = calls + 1
         if calls:
             self._sharing = True

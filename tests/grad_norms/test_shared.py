@@ -102,6 +102,44 @@ def test_gradient_checkpointing_is_exact(reentrant: bool) -> None:
     assert_exact(net, lambda: net(x).pow(2).mean(), example, B)
 
 
+class CheckpointedTwice(nn.Module):
+    """One layer called twice inside a single checkpointed segment."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 1)
+        self.reentrant = reentrant
+        self.enabled = True
+
+    def segment(self, x: Tensor) -> Tensor:
+        return self.a(torch.tanh(self.a(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = (
+            checkpoint(self.segment, x, use_reentrant=self.reentrant)
+            if self.enabled
+            else self.segment(x)
+        )
+        return self.head(h).squeeze(1)
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_layer_called_twice_inside_a_checkpointed_segment_is_exact(reentrant: bool) -> None:
+    torch.manual_seed(0)
+    net = CheckpointedTwice(reentrant).double()
+    x = torch.randn(B, 4, dtype=torch.float64, requires_grad=reentrant)
+
+    def example(i: int) -> Tensor:
+        net.enabled = False  # as above: the reference runs the same function unchecked
+        try:
+            return net(x[i : i + 1]).pow(2).sum()
+        finally:
+            net.enabled = True
+
+    assert_exact(net, lambda: net(x).pow(2).mean(), example, B)
+
+
 def test_forward_after_an_unread_backward_is_refused_naming_the_layer() -> None:
     net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
     x = torch.randn(B, 4)
