@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, random_split
 
+from lightning_unlearn import PerInstancePrivacyMonitor
 from lightning_unlearn.errors import NormHooksError, SelfCheckError, UnsupportedLayerError
-from tests.integration._zoo import assert_records_match, fit
+from tests.integration._zoo import assert_records_match, fit, reference_norms
 
 torch.manual_seed(0)
 IMG, SEQ, VEC = torch.randn(12, 3, 8, 8), torch.randn(12, 4, 8), torch.randn(12, 8)
@@ -381,3 +382,55 @@ def test_t5_relative_attention_bias_with_sequence_as_long_as_the_batch_fails_the
     # The bucket matrix's first dimension equals the batch size (6): only the self-check sees it.
     with pytest.raises(SelfCheckError, match="batch size 6"):
         fit(_t5(6), _t5_data(6), collate_fn=_hf_collate)
+
+
+# ---------------------------------------------------------------- ids from the sampler (issue 12)
+def _unwrapped_fit(module: pl.LightningModule, loader: DataLoader[Any], **kwargs: Any) -> Any:
+    monitor = PerInstancePrivacyMonitor(noise_multiplier=1.0)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[monitor], **kwargs,
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    return monitor.ledger
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unchanged_boring_model_on_a_shuffled_split_norms_land_on_the_right_ids(
+    workers: int,
+) -> None:
+    # No IndexedDataset, BoringModel unchanged: each example's ledger norm is its own.
+    from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+
+    full = RandomDataset(32, 40)
+    train, _ = random_split(full, [24, 16], generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(5)
+    module = BoringModel()
+    start = copy.deepcopy(module.state_dict())
+    loader = DataLoader(train, batch_size=6, shuffle=True, num_workers=workers)
+    ledger = _unwrapped_fit(module, loader, max_steps=1)
+    seen = torch.nonzero(ledger.counts > 0).flatten()
+    assert seen.numel() == 6
+
+    def loss(m: nn.Module, i: int) -> Tensor:
+        out = m.layer(train[i][None].double())
+        return F.mse_loss(out, torch.ones_like(out))
+
+    ref = reference_norms(module, start, seen, loss)
+    torch.testing.assert_close(ledger.last_norm[seen].double(), ref, rtol=1e-4, atol=0)
+
+
+def test_hf_dict_batches_without_indexed_dataset_land_on_the_right_ids() -> None:
+    model, item = _hf_model("distilbert", None)
+    module = HF(model)
+    start = copy.deepcopy(module.state_dict())
+    loader = DataLoader(HFData(item), batch_size=6, shuffle=True, collate_fn=_hf_collate)
+    ledger = _unwrapped_fit(module, loader, max_steps=1)
+    seen = torch.nonzero(ledger.counts > 0).flatten()
+    assert seen.numel() == 6
+
+    def loss(m: nn.Module, i: int) -> Tensor:
+        return m.own_loss({k: v[None] for k, v in item(i).items()})
+
+    ref = reference_norms(module, start, seen, loss)
+    torch.testing.assert_close(ledger.last_norm[seen].double(), ref, rtol=1e-4, atol=0)
