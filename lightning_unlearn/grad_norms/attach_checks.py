@@ -18,6 +18,7 @@ from lightning_unlearn.errors import NormHooksError, UnsupportedLayerError
 
 __all__ = [
     "check_not_compiled",
+    "check_parametrizations",
     "find_unsupported_modules",
     "guard_tuple_outputs",
     "resolve_exclude",
@@ -77,6 +78,76 @@ def check_not_compiled(module: nn.Module) -> None:
         )
 
 
+def check_parametrizations(module: nn.Module, excluded: Sequence[str]) -> None:
+    """Raise :class:`UnsupportedLayerError` for trainable parametrized tensors
+    (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``, ``orthogonal``, any
+    ``parametrize.register_parametrization``, and the deprecated ``torch.nn.utils.weight_norm``
+    and ``spectral_norm``): a layer's per-sample rule gives the gradient of
+    the tensor the parametrization computes, not of the parameters it is computed from, so the
+    norm would be wrong. Parameters named in ``excluded`` are exempt.
+
+    Example:
+        >>> from torch import nn
+        >>> from torch.nn.utils.parametrizations import weight_norm
+        >>> check_parametrizations(nn.Sequential(weight_norm(nn.Linear(2, 2))), [])
+        Traceback (most recent call last):
+        ...
+        lightning_unlearn.errors.UnsupportedLayerError: Expected ...
+    """
+    from torch.nn.utils import parametrize
+
+    found = []
+    for name, layer in module.named_modules():
+        if not parametrize.is_parametrized(layer):
+            continue
+        prefix = f"{name}.parametrizations" if name else "parametrizations"
+        for tensor, plist in layer.parametrizations.items():
+            trainable = [
+                f"{prefix}.{tensor}.{n}"
+                for n, p in plist.named_parameters()
+                if p.requires_grad and f"{prefix}.{tensor}.{n}" not in excluded
+            ]
+            if trainable:
+                kinds = "+".join(type(f).__name__ for f in plist)
+                label = f"{name}.{tensor}" if name else tensor
+                found.append(f"{label!r} ({kinds}; parameters {trainable})")
+    found += _legacy_reparametrizations(module, excluded)
+    if found:
+        raise UnsupportedLayerError(
+            "Expected plain parameters, but got parametrized tensors "
+            f"{', '.join(found)}: the per-sample rule of the layer gives the gradient of the "
+            "computed tensor, not of the parameters it is computed from, so the norm would be "
+            "wrong. Remove the parametrization before training "
+            "(`torch.nn.utils.parametrize.remove_parametrizations(layer, name)`), freeze "
+            "those parameters, or leave them out of the norm with `exclude=[...]` (the norms "
+            "are then approximate)."
+        )
+
+
+def _legacy_reparametrizations(module: nn.Module, excluded: Sequence[str]) -> list[str]:
+    """The deprecated ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (forward pre-hooks
+    computing ``weight`` from ``weight_g``/``weight_v`` or ``weight_orig``). Their norm is exact
+    only while ``g == ||v||`` (at initialisation), so the first-step self-check cannot see it."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    found = []
+    for name, layer in module.named_modules():
+        for hook in layer._forward_pre_hooks.values():
+            if not isinstance(hook, WeightNorm | SpectralNorm):
+                continue
+            names = [f"{name}.{n}" if name else n for n, _ in layer.named_parameters()]
+            trainable = [
+                q
+                for q, (_, p) in zip(names, layer.named_parameters(), strict=True)
+                if p.requires_grad and q not in excluded and q.rsplit(".", 1)[-1] != "bias"
+            ]
+            if trainable:
+                label = f"{name}.{hook.name}" if name else hook.name
+                found.append(f"{label!r} ({type(hook).__name__}; parameters {trainable})")
+    return found
+
+
 def resolve_exclude(module: nn.Module, exclude: Sequence[str]) -> list[str]:
     """Qualified names of the trainable parameters named by ``exclude`` (parameter names, or
     module names meaning all their parameters)."""
@@ -106,7 +177,8 @@ def guard_tuple_outputs(module: nn.Module, mode: str) -> list[RemovableHandle]:
     (``nn.LSTM``: a tuple; Opacus' hooks fail on it with ``AttributeError``) into a named error.
 
     Raises:
-        UnsupportedLayerError: at attach time for recurrent layers and attention.
+        UnsupportedLayerError: at attach time for recurrent layers, attention and
+            ``nn.EmbeddingBag``.
     """
     refused = [
         f"{name or '<root>'!r} ({type(m).__name__})"
@@ -120,6 +192,19 @@ def guard_tuple_outputs(module: nn.Module, mode: str) -> list[RemovableHandle]:
             "they return tuples or use their parameters without calling their submodules, "
             "which Opacus' hooks cannot follow. Use `mode='fused'` (the default), which "
             "computes their exact per-example gradients."
+        )
+    bags = [
+        f"{name or '<root>'!r}"
+        for name, m in module.named_modules()
+        if isinstance(m, nn.EmbeddingBag) and any(p.requires_grad for p in m.parameters())
+    ]
+    if bags:
+        raise UnsupportedLayerError(
+            f"Expected layers Opacus' mode={mode!r} computes exactly, but got EmbeddingBag "
+            f"{', '.join(bags)}: Opacus' rule for it needs `offsets`, drops repeated indices "
+            "within a bag and ignores `per_sample_weights` and mode='max'. Use `mode='fused'` "
+            "(the default), which computes its exact per-example gradients for bags given as a "
+            "2-D input, or freeze the layer's parameters."
         )
     handles = []
     for name, layer in module.named_modules():

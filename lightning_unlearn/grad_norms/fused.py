@@ -217,6 +217,8 @@ class FusedNormEngine:
                 "scaling by in-batch token counts couples examples, so per-example gradients "
                 "are undefined. Construct the embedding with scale_grad_by_freq=False."
             )
+        if type(layer) is nn.EmbeddingBag:
+            return self._embedding_bag, True, True
         if type(layer) in norm_samplers:
             return (
                 self._sampler_handler(norm_samplers[type(layer)], materialised=False),
@@ -306,7 +308,10 @@ class FusedNormEngine:
             "Layers must take batch-first inputs of the same batch; an input broadcast over "
             "the batch (shape [1, ...]) is expanded only for nn.Embedding: expand it to the "
             "batch (`x.expand(batch_size, ...)`) or call `hooks.expect_batch_size(B)` before the "
-            "forward pass. Read the norms after every backward pass."
+            "forward pass. A layer whose input has no batch dimension at all (T5's "
+            "`relative_attention_bias`, an embedding of positions broadcast afterwards) has no "
+            "per-example rule: freeze its parameters or leave them out of the norm with "
+            "`exclude=[...]`. Read the norms after every backward pass."
         )
 
     def total_sq(self) -> Tensor | None:
@@ -532,6 +537,28 @@ class FusedNormEngine:
             self._register_sampler(layer, self._torch_func_sampler, list(args), out, True)
             return None
         return self._unit(layer, args, kwargs, out)
+
+    def _embedding_bag(
+        self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> Any:
+        """``nn.EmbeddingBag`` by the per-example re-run, for bags given as a ``[B, L]`` input.
+
+        Opacus' rule for the layer is not used: it drops repeated indices within a bag and
+        ignores ``per_sample_weights`` and ``mode='max'``. Bags given by ``offsets`` (a flat
+        input) are refused: the batch is not the input's first dimension.
+        """
+        flat = args[0] if args else kwargs.get("input")
+        offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+        if offsets is not None or (isinstance(flat, Tensor) and flat.dim() != 2):
+            label = self._names.get(id(layer), type(layer).__name__)
+            raise UnsupportedLayerError(
+                f"Expected {label!r} (EmbeddingBag) to take its bags as a 2-D input [batch, "
+                "bag_length] without `offsets`, but it got a flat input with offsets: the "
+                "per-example gradient needs the batch as the input's first dimension. Pad the "
+                "bags to one length and pass them as a 2-D tensor (`padding_idx` marks the "
+                "padding), or freeze the layer's parameters."
+            )
+        return self._fallback(layer, args, kwargs, out)
 
     def _unit(
         self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from lightning_unlearn.errors import NormHooksError, UnsupportedLayerError
 from lightning_unlearn.grad_norms.attach_checks import (
     check_not_compiled,
+    check_parametrizations,
     find_unsupported_modules,
     guard_tuple_outputs,
     resolve_exclude,
@@ -429,6 +430,7 @@ def attach_norm_hooks(
             )
     check_not_compiled(module)
     explicit = resolve_exclude(module, exclude)
+    check_parametrizations(module, explicit)
     unsupported = find_unsupported_modules(module)
     if unsupported and strict and not exclude_unsupported:
         names = ", ".join(f"{n or '<root>'!r} ({type(m).__name__})" for n, m in unsupported)
