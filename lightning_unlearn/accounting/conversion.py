@@ -9,9 +9,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from lightning_unlearn.accounting.conventions import NoiseConfig
 from lightning_unlearn.accounting.rdp import DEFAULT_ALPHAS, per_step_rdp, validate_alphas
 
-__all__ = ["rdp_to_epsilon", "worst_case_epsilon", "worst_case_rdp"]
+__all__ = ["WorstCaseAccountant", "rdp_to_epsilon", "worst_case_epsilon", "worst_case_rdp"]
 
 
 def _check_delta(delta: float) -> float:
@@ -153,3 +154,59 @@ def worst_case_epsilon(
         worst_case_rdp(noise_multiplier, sample_rate, steps, orders), orders, delta
     )
     return float(eps.item()), int(best.item())
+
+
+class WorstCaseAccountant:
+    r"""Data-independent RDP of a run, one optimizer step at a time (THEORY §4).
+
+    With clipping, the ratio ``r_C`` of the convention at ``||g|| = C`` bounds every example's
+    ratio; each step adds :func:`worst_case_rdp` of one step at the noise multiplier
+    ``1 / r_C`` (for "dpsgd" and "nominal" that is ``sigma``, Opacus' accountant; for "sgld" it
+    depends on the step's learning rate and batch):
+
+    .. math::
+
+        P_{\max}(\alpha) = \sum_t \varepsilon(\alpha; q_t, r_C(\mathrm{lr}_t, B_t)).
+
+    Per-step values are cached while the learning rate, batch and ``q`` do not change. Without
+    clipping there is no worst case: ``rdp`` stays None.
+
+    Args:
+        noise: How norms become ratios (its ``max_grad_norm`` is the clip norm ``C``).
+        alphas: Integer orders ``>= 2``, sorted ascending.
+
+    Example:
+        >>> accountant = WorstCaseAccountant(NoiseConfig("dpsgd", 1.0, max_grad_norm=1.0), (2, 4))
+        >>> for _ in range(10):
+        ...     accountant.step(lr=0.1, global_batch=32, sample_rate=1.0)
+        >>> accountant.rdp
+        tensor([10., 20.], dtype=torch.float64)
+        >>> torch.allclose(accountant.rdp, worst_case_rdp(1.0, 1.0, 10, (2, 4)))
+        True
+    """
+
+    def __init__(self, noise: NoiseConfig, alphas: tuple[int, ...]) -> None:
+        self.noise, self.alphas = noise, validate_alphas(alphas)
+        self.rdp: Tensor | None = None
+        self._cache: tuple[tuple[float, int, float], Tensor] | None = None
+
+    def step(self, lr: float, global_batch: int, sample_rate: float) -> None:
+        """Add one optimizer step (no-op without clipping: there is no worst case)."""
+        clip = self.noise.max_grad_norm
+        if clip is None:
+            return
+        key = (lr, global_batch, sample_rate)
+        if self._cache is None or self._cache[0] != key:
+            norm = torch.tensor([clip], dtype=torch.float64)
+            ratio = float(self.noise.ratios(norm, lr=lr, batch_size=global_batch)[0])
+            sigma = math.inf if ratio == 0 else 1.0 / ratio
+            self._cache = (key, worst_case_rdp(sigma, sample_rate, 1, self.alphas))
+        step_rdp = self._cache[1]
+        self.rdp = step_rdp.clone() if self.rdp is None else self.rdp + step_rdp
+
+    def epsilon(self, delta: float) -> float | None:
+        """Worst-case epsilon at ``delta``, or None without clipping."""
+        if self.rdp is None:
+            return None
+        eps, _ = rdp_to_epsilon(self.rdp, self.alphas, delta)
+        return float(eps)

@@ -44,7 +44,9 @@ from lightning_unlearn.accounting import (
     Convention,
     NoiseConfig,
     PrivacyLedger,
+    WorstCaseAccountant,
     per_step_rdp,
+    step_rdp_in_pieces,
     validate_alphas,
 )
 from lightning_unlearn.callbacks._loss_weights import (
@@ -66,13 +68,11 @@ from lightning_unlearn.callbacks._monitor_ids import SampleIdSource
 from lightning_unlearn.callbacks._monitor_sweep import run_sweep
 from lightning_unlearn.callbacks._monitor_utils import (
     StepBuffer,
-    WorstCaseAccountant,
     epoch_metrics,
     find_train_data,
     nonfinite_error,
     plan_run,
     reduce_ledger_into,
-    step_rdp_in_pieces,
     update_in_step_order,
     write_histograms,
 )
