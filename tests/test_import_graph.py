@@ -68,7 +68,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     ),
     frozenset(
         {
-            "lightning_unlearn.callbacks._monitor_sweep",
             "lightning_unlearn.callbacks._self_check",
             "lightning_unlearn.callbacks.privacy_monitor",
         }
