@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_unlearn.accounting.conventions import NoiseConfig
 from lightning_unlearn.accounting.rdp import DEFAULT_ALPHAS, per_step_rdp, validate_alphas
+from lightning_unlearn.validation import check_float, check_int
 
 __all__ = ["WorstCaseAccountant", "rdp_to_epsilon", "worst_case_epsilon", "worst_case_rdp"]
 
@@ -109,12 +110,8 @@ def worst_case_rdp(
         >>> worst_case_rdp(1.0, 1.0, steps=10, alphas=(2, 4))
         tensor([10., 20.], dtype=torch.float64)
     """
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real):
-        raise TypeError(f"Expected `noise_multiplier` to be a float > 0, got {noise_multiplier!r}.")
-    if not noise_multiplier > 0:
-        raise ValueError(f"Expected `noise_multiplier` > 0, but got {noise_multiplier!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"Expected `steps` to be an integer >= 0, but got {steps!r}.")
+    check_float("noise_multiplier", noise_multiplier, minimum=0.0)
+    check_int("steps", steps, minimum=0)
     r = torch.tensor([1.0 / float(noise_multiplier)], dtype=torch.float64)
     return per_step_rdp(r, sample_rate, alphas)[0] * int(steps)
 
@@ -199,8 +196,12 @@ class WorstCaseAccountant:
         if self._cache is None or self._cache[0] != key:
             norm = torch.tensor([clip], dtype=torch.float64)
             ratio = float(self.noise.ratios(norm, lr=lr, batch_size=global_batch)[0])
-            sigma = math.inf if ratio == 0 else 1.0 / ratio
-            self._cache = (key, worst_case_rdp(sigma, sample_rate, 1, self.alphas))
+            per_step = (
+                torch.zeros(len(self.alphas), dtype=torch.float64)  # no signal: lr = 0 in "sgld"
+                if ratio == 0
+                else worst_case_rdp(1.0 / ratio, sample_rate, 1, self.alphas)
+            )
+            self._cache = (key, per_step)
         step_rdp = self._cache[1]
         self.rdp = step_rdp.clone() if self.rdp is None else self.rdp + step_rdp
 
