@@ -14,6 +14,7 @@ __all__ = [
     "ForgetSetError",
     "IntegrityError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "LedgerIntegrityError",
     "LedgerMismatchError",
     "LightningUnlearnError",
@@ -109,6 +110,10 @@ class LedgerIntegrityError(IntegrityError, LedgerMismatchError):
 
 class InvalidArgumentError(LightningUnlearnError, ValueError):
     """A configuration value (command-line option, YAML key, id) is of the wrong type or range."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong type (a string or bool for a number): also a ``TypeError``."""
 
 
 class BudgetTooLargeError(LightningUnlearnError, ValueError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lightning_unlearn.errors import InvalidArgumentError
+from lightning_unlearn.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
     "INT64_MAX",
@@ -42,11 +42,12 @@ def check_int(name: str, value: Any, *, minimum: int | None = 1) -> int:
         >>> check_int("epochs", 2.7)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        lightning_unlearn.errors.InvalidArgumentError: Expected `epochs` to be an integer >= 1, ...
+        lightning_unlearn.errors.InvalidArgumentTypeError: Expected `epochs` to be an integer ...
     """
     if not _is_int(value) or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" >= {minimum}"
-        raise InvalidArgumentError(
+        error = InvalidArgumentError if _is_int(value) else InvalidArgumentTypeError
+        raise error(
             f"Expected `{name}` to be an integer{bound}, but got {value!r} "
             f"({type(value).__name__})."
         )
@@ -71,8 +72,8 @@ def check_float(
         ...
         lightning_unlearn.errors.InvalidArgumentError: Expected `lr` to be a finite number ...
     """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = ok and math.isfinite(float(value))
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = real and math.isfinite(float(value))
     if ok and minimum is not None:
         ok = float(value) >= minimum if inclusive else float(value) > minimum
     if ok and maximum is not None:
@@ -80,7 +81,7 @@ def check_float(
     if not ok:
         bound = "" if minimum is None else f" {'>=' if inclusive else '>'} {minimum}"
         bound += "" if maximum is None else f" and <= {maximum}"
-        raise InvalidArgumentError(
+        raise (InvalidArgumentError if real else InvalidArgumentTypeError)(
             f"Expected `{name}` to be a finite number{bound}, but got {value!r} "
             f"({type(value).__name__})."
         )

@@ -11,12 +11,13 @@ measured steps-to-unlearn with ``fit_step_model``.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from lightning_unlearn.validation import check_float, check_int
 
 __all__ = [
     "StepModel",
@@ -36,14 +37,8 @@ def _c(a: float) -> float:
 
 
 def _real(name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Expected `{name}` to be a float, but got {value!r}.")
-    v = float(value)
-    ok = math.isfinite(v) and (v > 0 if positive else v >= 0)
-    if not ok:
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"Expected `{name}` to be a finite float {bound}, but got {value!r}.")
-    return v
+    """A finite float > 0 (``positive``) or >= 0: the shared validator."""
+    return check_float(name, value, minimum=0.0, inclusive=not positive)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,10 +69,7 @@ class UnlearningConstants:
     target_epsilon: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Integral):
-            raise TypeError(f"Expected `alpha` to be an integer >= 2, but got {self.alpha!r}.")
-        if self.alpha < 2:
-            raise ValueError(f"Expected `alpha` to be an integer >= 2, but got {self.alpha!r}.")
+        check_int("alpha", self.alpha, minimum=2)
         for name in ("c_lsi", "noise_multiplier", "lr", "target_epsilon"):
             _real(name, getattr(self, name), positive=True)
         for name in ("d0", "d_irr"):

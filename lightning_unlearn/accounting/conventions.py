@@ -14,12 +14,13 @@ conventions differ only in what ``s`` is:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor
+
+from lightning_unlearn.validation import check_float, check_int
 
 __all__ = ["Convention", "NoiseConfig", "dpsgd_ratios", "sgld_ratios"]
 
@@ -28,13 +29,10 @@ _CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 
 def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    """A finite float > 0 (or None with ``allow_none``): the shared validator."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Expected `{name}` to be a positive float, but got {value!r}.")
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise ValueError(f"Expected `{name}` to be a positive finite float, but got {value!r}.")
-    return float(value)
+    return check_float(name, value, minimum=0.0)
 
 
 def _clipped(grad_norms: Tensor, max_grad_norm: float | None) -> Tensor:
@@ -118,10 +116,7 @@ def sgld_ratios(
     sigma = _positive("noise_multiplier", noise_multiplier)
     eta = _positive("lr", lr)
     clip = _positive("max_grad_norm", max_grad_norm, allow_none=True)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
-    if batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be an integer >= 1, but got {batch_size!r}.")
+    check_int("batch_size", batch_size, minimum=1)
     assert sigma is not None
     assert eta is not None
     return _clipped(grad_norms, clip) * (math.sqrt(eta / 2.0) / (int(batch_size) * sigma))

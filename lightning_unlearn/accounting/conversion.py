@@ -9,9 +9,11 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from lightning_unlearn.accounting.conventions import NoiseConfig
 from lightning_unlearn.accounting.rdp import DEFAULT_ALPHAS, per_step_rdp, validate_alphas
+from lightning_unlearn.validation import check_float, check_int
 
-__all__ = ["rdp_to_epsilon", "worst_case_epsilon", "worst_case_rdp"]
+__all__ = ["WorstCaseAccountant", "rdp_to_epsilon", "worst_case_epsilon", "worst_case_rdp"]
 
 
 def _check_delta(delta: float) -> float:
@@ -108,12 +110,8 @@ def worst_case_rdp(
         >>> worst_case_rdp(1.0, 1.0, steps=10, alphas=(2, 4))
         tensor([10., 20.], dtype=torch.float64)
     """
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real):
-        raise TypeError(f"Expected `noise_multiplier` to be a float > 0, got {noise_multiplier!r}.")
-    if not noise_multiplier > 0:
-        raise ValueError(f"Expected `noise_multiplier` > 0, but got {noise_multiplier!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"Expected `steps` to be an integer >= 0, but got {steps!r}.")
+    check_float("noise_multiplier", noise_multiplier, minimum=0.0)
+    check_int("steps", steps, minimum=0)
     r = torch.tensor([1.0 / float(noise_multiplier)], dtype=torch.float64)
     return per_step_rdp(r, sample_rate, alphas)[0] * int(steps)
 
@@ -153,3 +151,63 @@ def worst_case_epsilon(
         worst_case_rdp(noise_multiplier, sample_rate, steps, orders), orders, delta
     )
     return float(eps.item()), int(best.item())
+
+
+class WorstCaseAccountant:
+    r"""Data-independent RDP of a run, one optimizer step at a time (THEORY §4).
+
+    With clipping, the ratio ``r_C`` of the convention at ``||g|| = C`` bounds every example's
+    ratio; each step adds :func:`worst_case_rdp` of one step at the noise multiplier
+    ``1 / r_C`` (for "dpsgd" and "nominal" that is ``sigma``, Opacus' accountant; for "sgld" it
+    depends on the step's learning rate and batch):
+
+    .. math::
+
+        P_{\max}(\alpha) = \sum_t \varepsilon(\alpha; q_t, r_C(\mathrm{lr}_t, B_t)).
+
+    Per-step values are cached while the learning rate, batch and ``q`` do not change. Without
+    clipping there is no worst case: ``rdp`` stays None.
+
+    Args:
+        noise: How norms become ratios (its ``max_grad_norm`` is the clip norm ``C``).
+        alphas: Integer orders ``>= 2``, sorted ascending.
+
+    Example:
+        >>> accountant = WorstCaseAccountant(NoiseConfig("dpsgd", 1.0, max_grad_norm=1.0), (2, 4))
+        >>> for _ in range(10):
+        ...     accountant.step(lr=0.1, global_batch=32, sample_rate=1.0)
+        >>> accountant.rdp
+        tensor([10., 20.], dtype=torch.float64)
+        >>> torch.allclose(accountant.rdp, worst_case_rdp(1.0, 1.0, 10, (2, 4)))
+        True
+    """
+
+    def __init__(self, noise: NoiseConfig, alphas: tuple[int, ...]) -> None:
+        self.noise, self.alphas = noise, validate_alphas(alphas)
+        self.rdp: Tensor | None = None
+        self._cache: tuple[tuple[float, int, float], Tensor] | None = None
+
+    def step(self, lr: float, global_batch: int, sample_rate: float) -> None:
+        """Add one optimizer step (no-op without clipping: there is no worst case)."""
+        clip = self.noise.max_grad_norm
+        if clip is None:
+            return
+        key = (lr, global_batch, sample_rate)
+        if self._cache is None or self._cache[0] != key:
+            norm = torch.tensor([clip], dtype=torch.float64)
+            ratio = float(self.noise.ratios(norm, lr=lr, batch_size=global_batch)[0])
+            per_step = (
+                torch.zeros(len(self.alphas), dtype=torch.float64)  # no signal: lr = 0 in "sgld"
+                if ratio == 0
+                else worst_case_rdp(1.0 / ratio, sample_rate, 1, self.alphas)
+            )
+            self._cache = (key, per_step)
+        step_rdp = self._cache[1]
+        self.rdp = step_rdp.clone() if self.rdp is None else self.rdp + step_rdp
+
+    def epsilon(self, delta: float) -> float | None:
+        """Worst-case epsilon at ``delta``, or None without clipping."""
+        if self.rdp is None:
+            return None
+        eps, _ = rdp_to_epsilon(self.rdp, self.alphas, delta)
+        return float(eps)

@@ -14,7 +14,6 @@ non-decreasing in the order), so a corrupted file raises
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +37,7 @@ from lightning_unlearn.errors import (
     UnsupportedOrderError,
 )
 from lightning_unlearn.integrity import atomic_write
+from lightning_unlearn.validation import check_int
 
 __all__ = ["LEDGER_FORMAT_VERSION", "PrivacyLedger", "ledger_checksum"]
 
@@ -129,14 +129,7 @@ class PrivacyLedger:
         device: torch.device | str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        if (
-            isinstance(num_samples, bool)
-            or not isinstance(num_samples, numbers.Integral)
-            or num_samples < 1
-        ):
-            raise ValueError(
-                f"Expected `num_samples` to be an integer >= 1, but got {num_samples!r}."
-            )
+        check_int("num_samples", num_samples, minimum=1)
         if convention not in get_args(Convention):
             raise ValueError(
                 f"Expected `convention` to be one of {get_args(Convention)}, but got "

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lightning_unlearn.errors import UnsupportedOrderError
 
-__all__ = ["DEFAULT_ALPHAS", "per_step_rdp", "validate_alphas"]
+__all__ = ["DEFAULT_ALPHAS", "per_step_rdp", "step_rdp_in_pieces", "validate_alphas"]
 
 DEFAULT_ALPHAS: tuple[int, ...] = (2, 3, 4, 6, 8, 16, 32, 64)
 """Default Rényi orders: integers from 2 to 64, denser where conversions usually land."""
@@ -274,6 +274,32 @@ def per_step_rdp(
             out.index_copy_(0, rows, _log_space_rdp(r2.index_select(0, rows), orders, q))
             return out.reshape(*batch_shape, len(orders))
     return _log_space_rdp(r2, orders, q).reshape(*batch_shape, len(orders))
+
+
+# Elements of per_step_rdp's [sum(alpha - 1), rows] table per call on the CPU: 512 rows of the
+# default orders (127 terms each). Measured on the 2-core development CPU, one thread: 4096 rows
+# cost 21 ms in one call, 8.5 ms in pieces of 512 and 12 ms in pieces of 128 (one step's batch).
+_CPU_TABLE_ELEMENTS = 1 << 16
+
+
+def step_rdp_in_pieces(
+    ratios: Tensor, sample_rate: float, alphas: tuple[int, ...] = DEFAULT_ALPHAS
+) -> Tensor:
+    """:func:`per_step_rdp` of many buffered rows ``[M]`` (THEORY §2), the same values.
+
+    On the CPU the rows go in pieces whose table of terms stays in a core's cache (row by row
+    the same computation); on an accelerator in one call, as few kernel launches as possible.
+
+    Example:
+        >>> ratios = torch.linspace(0.0, 2.0, 2000, dtype=torch.float64)
+        >>> torch.equal(step_rdp_in_pieces(ratios, 0.1), per_step_rdp(ratios, 0.1))
+        True
+    """
+    terms = sum(a - 1 for a in alphas)
+    rows = max(1, _CPU_TABLE_ELEMENTS // terms)
+    if ratios.device.type != "cpu" or ratios.shape[0] <= rows:
+        return per_step_rdp(ratios, sample_rate, alphas)
+    return torch.cat([per_step_rdp(r, sample_rate, alphas) for r in ratios.split(rows)])
 
 
 def _log_space_rdp(r2: Tensor, orders: tuple[int, ...], q: float) -> Tensor:

@@ -10,7 +10,8 @@ rank sweeps every ``world_size``-th tracked id; the tables are reduced with the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -23,14 +24,13 @@ from lightning_unlearn.data.indexed import get_sample_ids
 from lightning_unlearn.errors import MissingSampleIdError
 from lightning_unlearn.grad_norms import NormHooks
 
-if TYPE_CHECKING:
-    from lightning_unlearn.callbacks.privacy_monitor import PerInstancePrivacyMonitor
+__all__ = ["SweepLoss", "run_sweep"]
 
-__all__ = ["run_sweep"]
+SweepLoss = Callable[[pl.LightningModule, Any, int], Tensor]
+"""``(pl_module, batch, batch_idx) -> loss`` of one sweep batch (the monitor's ``sweep_loss``)."""
 
 
 def run_sweep(
-    monitor: PerInstancePrivacyMonitor,
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
     hooks: NormHooks,
@@ -38,11 +38,15 @@ def run_sweep(
     tracked: Tensor,
     target: PrivacyLedger,
     weight: int,
+    *,
+    sweep_loss: SweepLoss,
+    step_loss: Callable[[Tensor], Tensor],
+    check_norms: Callable[[Tensor, Tensor], None],
+    sample_id_fn: Callable[[Any], Tensor] | None,
 ) -> None:
     """Add ``weight * eps(alpha; q, r_x)`` for this rank's share of the ``tracked`` ids.
 
     Args:
-        monitor: the monitor (its ``sweep_loss``, ``per_step_loss`` and finite checks are used).
         trainer: the running Trainer.
         pl_module: the LightningModule, with ``hooks`` attached.
         hooks: the attached norm hooks.
@@ -50,6 +54,10 @@ def run_sweep(
         tracked: 1-D tensor of the ids to sweep (all ranks pass the same).
         target: ledger receiving the losses (``privacy`` only; counts are training observations).
         weight: number of steps K this sweep stands for.
+        sweep_loss: the loss of one sweep batch.
+        step_loss: ``[B]`` norms to their ``[B, K]`` per-step Rényi loss (THEORY §2).
+        check_norms: ``(norms, ids)`` raises (or flags) NaN/inf norms.
+        sample_id_fn: the user's batch-to-ids function, or None.
     """
     share = tracked[trainer.global_rank :: trainer.world_size]
     if share.numel() == 0:
@@ -74,9 +82,9 @@ def run_sweep(
             start = 0
             for i, raw in enumerate(loader):
                 batch = trainer.strategy.batch_to_device(raw)
-                ids = _sweep_ids(batch, monitor.sample_id_fn, share, start)
+                ids = _sweep_ids(batch, sample_id_fn, share, start)
                 start += ids.shape[0]
-                loss = monitor.sweep_loss(pl_module, batch, i)
+                loss = sweep_loss(pl_module, batch, i)
                 torch.autograd.grad(loss, params, allow_unused=True)
                 norms = hooks.per_sample_norms()
                 hooks.clear()
@@ -85,8 +93,8 @@ def run_sweep(
                         f"Expected one gradient norm per sample id in the sweep, but got "
                         f"{norms.shape[0]} norms for {ids.shape[0]} ids; override `sweep_loss`."
                     )
-                monitor._check_step_norms(norms, ids)
-                rdp = monitor.per_step_loss(norms, trainer, monitor._global_batch) * float(weight)
+                check_norms(norms, ids)
+                rdp = step_loss(norms) * float(weight)
                 target.privacy.index_add_(0, ids.to(target.device), rdp.to(target.device))
     finally:
         hooks.clear()

@@ -20,21 +20,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_unlearn.accounting import NoiseConfig, PrivacyLedger, per_step_rdp, rdp_to_epsilon
+from lightning_unlearn.accounting import PrivacyLedger, rdp_to_epsilon
 from lightning_unlearn.errors import NonFiniteGradientError
 
 __all__ = [
     "RunPlan",
     "StepBuffer",
     "TrainData",
-    "WorstCaseAccountant",
     "epoch_metrics",
     "find_train_data",
     "nonfinite_error",
     "plan_run",
     "reduce_ledger_into",
     "silenced_logging",
-    "step_rdp_in_pieces",
     "update_in_step_order",
     "write_histograms",
 ]
@@ -143,25 +141,6 @@ class StepBuffer:
     def clear(self) -> None:
         """Drop the buffered steps."""
         self._ids, self._values, self._norms = [], [], []
-
-
-# Elements of per_step_rdp's [sum(alpha - 1), rows] table per call on the CPU: 512 rows of the
-# default orders (127 terms each). Measured on the 2-core development CPU, one thread: 4096 rows
-# cost 21 ms in one call, 8.5 ms in pieces of 512 and 12 ms in pieces of 128 (one step's batch).
-_CPU_TABLE_ELEMENTS = 1 << 16
-
-
-def step_rdp_in_pieces(ratios: Tensor, sample_rate: float, alphas: tuple[int, ...]) -> Tensor:
-    """:func:`~lightning_unlearn.accounting.per_step_rdp` of many buffered rows ``[M]``.
-
-    On the CPU the rows go in pieces whose table of terms stays in a core's cache (the same
-    values, row by row); on an accelerator in one call, as few kernel launches as possible.
-    """
-    terms = sum(a - 1 for a in alphas)
-    rows = max(1, _CPU_TABLE_ELEMENTS // terms)
-    if ratios.device.type != "cpu" or ratios.shape[0] <= rows:
-        return per_step_rdp(ratios, sample_rate, alphas)
-    return torch.cat([per_step_rdp(r, sample_rate, alphas) for r in ratios.split(rows)])
 
 
 def update_in_step_order(
@@ -309,40 +288,6 @@ def plan_run(
         global_batch = local_batch * trainer.world_size * accum
     q = sample_rate if sample_rate is not None else min(1.0, global_batch / trained)
     return RunPlan(data, n, accum, global_batch, q)
-
-
-class WorstCaseAccountant:
-    """Data-independent RDP of the run: every step at the clip norm (THEORY §4).
-
-    With clipping, ``r`` of the convention at ``||g|| = C`` bounds every example's ratio (for
-    "dpsgd" and "nominal" it is ``1 / sigma``, Opacus' accountant); per-step values are cached
-    while the learning rate and batch do not change.
-    """
-
-    def __init__(self, noise: NoiseConfig, alphas: tuple[int, ...]) -> None:
-        self.noise, self.alphas = noise, alphas
-        self.rdp: Tensor | None = None
-        self._cache: tuple[tuple[float, int, float], Tensor] | None = None
-
-    def step(self, lr: float, global_batch: int, sample_rate: float) -> None:
-        """Add one optimizer step (no-op without clipping: there is no worst case)."""
-        clip = self.noise.max_grad_norm
-        if clip is None:
-            return
-        key = (lr, global_batch, sample_rate)
-        if self._cache is None or self._cache[0] != key:
-            norm = torch.tensor([clip], dtype=torch.float64)
-            ratio = self.noise.ratios(norm, lr=lr, batch_size=global_batch)
-            self._cache = (key, per_step_rdp(ratio, sample_rate, self.alphas)[0])
-        step_rdp = self._cache[1]
-        self.rdp = step_rdp.clone() if self.rdp is None else self.rdp + step_rdp
-
-    def epsilon(self, delta: float) -> float | None:
-        """Worst-case epsilon at ``delta``, or None without clipping."""
-        if self.rdp is None:
-            return None
-        eps, _ = rdp_to_epsilon(self.rdp, self.alphas, delta)
-        return float(eps)
 
 
 def nonfinite_error(bad_ids: Tensor | None) -> NonFiniteGradientError:

@@ -25,7 +25,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_unlearn.errors import LedgerMismatchError
-from lightning_unlearn.evaluation.functional._batch import eval_mode
+from lightning_unlearn.evaluation.functional import eval_mode
 from lightning_unlearn.evaluation.functional.adapters import (
     AdapterLike,
     as_adapter,

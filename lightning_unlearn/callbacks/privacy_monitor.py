@@ -44,7 +44,9 @@ from lightning_unlearn.accounting import (
     Convention,
     NoiseConfig,
     PrivacyLedger,
+    WorstCaseAccountant,
     per_step_rdp,
+    step_rdp_in_pieces,
     validate_alphas,
 )
 from lightning_unlearn.callbacks._loss_weights import (
@@ -66,13 +68,11 @@ from lightning_unlearn.callbacks._monitor_ids import SampleIdSource
 from lightning_unlearn.callbacks._monitor_sweep import run_sweep
 from lightning_unlearn.callbacks._monitor_utils import (
     StepBuffer,
-    WorstCaseAccountant,
     epoch_metrics,
     find_train_data,
     nonfinite_error,
     plan_run,
     reduce_ledger_into,
-    step_rdp_in_pieces,
     update_in_step_order,
     write_histograms,
 )
@@ -556,7 +556,19 @@ class PerInstancePrivacyMonitor(Callback):
             self.track_ids if self.track_ids is not None else torch.arange(self.ledger.num_samples)
         )
         target = self._pending if self._pending is not None else self.ledger
-        run_sweep(self, trainer, pl_module, self._hooks, self._data, tracked, target, weight)
+        run_sweep(
+            trainer,
+            pl_module,
+            self._hooks,
+            self._data,
+            tracked,
+            target,
+            weight,
+            sweep_loss=self.sweep_loss,
+            step_loss=lambda norms: self.per_step_loss(norms, trainer, self._global_batch),
+            check_norms=self._check_step_norms,
+            sample_id_fn=self.sample_id_fn,
+        )
         self._last_sweep = self._steps
 
     def sweep_loss(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:

@@ -85,3 +85,21 @@ def test_bad_arguments_name_the_problem() -> None:
         NoiseConfig("gaussian", 1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`lr` and `batch_size`"):
         NoiseConfig("sgld", 1.0).ratios(norms)
+
+
+def test_accounting_validators_are_the_shared_ones() -> None:
+    """One set of number validators: a wrong type is a TypeError and the package's named error,
+    a value out of range a ValueError and the named error (THEORY §1 arguments)."""
+    from lightning_unlearn.accounting import NoiseConfig, UnlearningConstants, worst_case_rdp
+    from lightning_unlearn.errors import InvalidArgumentError, InvalidArgumentTypeError
+
+    with pytest.raises(InvalidArgumentTypeError, match="`noise_multiplier`") as wrong_type:
+        NoiseConfig("dpsgd", "1.0")  # type: ignore[arg-type]
+    assert isinstance(wrong_type.value, TypeError)
+    with pytest.raises(InvalidArgumentError, match="`max_grad_norm`") as out_of_range:
+        NoiseConfig("dpsgd", 1.0, max_grad_norm=0.0)
+    assert not isinstance(out_of_range.value, TypeError)
+    with pytest.raises(InvalidArgumentError, match="`steps` to be an integer >= 0"):
+        worst_case_rdp(1.0, 0.1, steps=-1)
+    with pytest.raises(InvalidArgumentTypeError, match="`alpha` to be an integer >= 2"):
+        UnlearningConstants(alpha=2.0, c_lsi=1.0, noise_multiplier=1.0, lr=0.1, target_epsilon=1.0)  # type: ignore[arg-type]

@@ -89,3 +89,57 @@ def test_lazy_top_level_exports_resolve() -> None:
     assert "PerInstancePrivacyMonitor" in dir(lightning_unlearn)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = lightning_unlearn.nope  # type: ignore[attr-defined]
+
+
+# The evaluation functions are a base layer beside accounting (STYLE "Architecture"): importing
+# and running them needs torch (and torchmetrics' functional helpers), never Lightning or Opacus.
+# The same blocker, minus torchmetrics and its lightning_utilities (not Lightning).
+_FUNCTIONAL_HEADER = SCRIPT.split("import torch\n", 1)[0].replace(
+    ', "lightning_utilities", "torchmetrics"', ""
+)
+FUNCTIONAL_SCRIPT = _FUNCTIONAL_HEADER + (
+    textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+        import lightning_unlearn.evaluation.functional as F
+
+        model = nn.Linear(3, 2)
+        x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+        losses, ids, _ = F.per_example_losses(model, loader)
+        expected = nn.functional.cross_entropy(model(x), y, reduction="none").detach()
+        assert torch.equal(ids, torch.arange(4)), ids
+        assert torch.allclose(losses, expected, rtol=1e-5, atol=1e-6), (losses, expected)
+        assert 0.0 <= F.binary_auroc(torch.tensor([0.1, 0.9]), torch.tensor([0, 1])) <= 1.0
+        assert not attempts, attempts
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not loaded, loaded
+        print("OK")
+        """
+    )
+)
+
+
+def test_evaluation_functional_imports_without_lightning_or_opacus() -> None:
+    assert "opacus" in FUNCTIONAL_SCRIPT
+    assert "torchmetrics" not in FUNCTIONAL_SCRIPT
+    result = subprocess.run(
+        [sys.executable, "-c", FUNCTIONAL_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK")
+
+
+def test_functional_blocker_really_blocks() -> None:
+    """The evaluation script fails when it imports Lightning."""
+    script = FUNCTIONAL_SCRIPT.replace("from torch import nn\n", "import lightning\n", 1)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0
+    assert "lightning is blocked" in result.stderr

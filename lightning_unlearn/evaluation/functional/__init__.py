@@ -1,5 +1,6 @@
 """Pure functions behind the evaluation metrics (THEORY §6)."""
 
+from lightning_unlearn.evaluation.functional._batch import eval_mode, model_device
 from lightning_unlearn.evaluation.functional.adapters import (
     AutoAdapter,
     BatchAdapter,
@@ -94,6 +95,7 @@ __all__ = [
     "bootstrap_spearman",
     "correlation_table",
     "el2n_scores",
+    "eval_mode",
     "first_hold_step",
     "forget_quality_ks",
     "forget_sets_by_quantile",
@@ -111,6 +113,7 @@ __all__ = [
     "masked_moments",
     "mean_true_class_confidence",
     "mia_features",
+    "model_device",
     "per_example_logits",
     "per_example_loss_barrier",
     "per_example_losses",
