@@ -1,8 +1,9 @@
-"""The building blocks the commands share: train with the monitor, unlearn a forget set, retrain
-an oracle, and evaluate a model on forget / retain / held-out data.
+"""The building blocks of the experiments: train with the monitor, unlearn a forget set, retrain
+an oracle, and measure a model (test metrics, the forget-set loss barrier).
 
-Everything here runs real Lightning ``Trainer`` s; the commands only choose settings and write
-files.
+Everything here runs real Lightning ``Trainer`` s; the experiments and the commands only choose
+settings and write files. A model on a forget / retain / held-out split is measured by the
+package's one evaluator, :func:`~lightning_unlearn.unlearning.result.evaluate_splits`.
 """
 
 from __future__ import annotations
@@ -20,28 +21,24 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from typing_extensions import override
 
-from lightning_unlearn.accounting import DEFAULT_ALPHAS, PrivacyLedger, UnlearningConstants
+from lightning_unlearn.accounting import DEFAULT_ALPHAS, PrivacyLedger
 from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
 from lightning_unlearn.data.modules import TensorSplitDataModule
 from lightning_unlearn.data.splits import ForgetRetainDataModule
-from lightning_unlearn.evaluation.functional import (
-    loss_barrier,
-    loss_mia_auroc,
-    per_example_losses,
-)
+from lightning_unlearn.evaluation.functional import loss_barrier, per_example_losses
+from lightning_unlearn.experiments.checkpoints import ChecksummedCheckpointIO
 from lightning_unlearn.models import ClassifierModule
-from lightning_unlearn.unlearning.budget import compute_budget
 from lightning_unlearn.unlearning.module import UnlearningModule
 from lightning_unlearn.unlearning.oracle import train_oracle
-from lightning_unlearn.unlearning.result import UnlearningResult
-from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
+from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
 
 __all__ = [
-    "BudgetSpec",
-    "OracleMatchStopping",
     "TrainOutput",
-    "evaluate_model",
+    "forget_set_barrier",
     "make_trainer",
+    "retrain_oracle",
+    "tensorboard_logger",
+    "test_metrics",
     "train_with_monitor",
     "unlearn_forget_set",
 ]
@@ -149,8 +146,6 @@ def train_with_monitor(
         callbacks.append(snapshot)
     plugins: list[Any] = []
     if checkpoint_dir is not None or ckpt_path is not None:
-        from lightning_unlearn.cli.checkpointing import ChecksummedCheckpointIO
-
         plugins.append(ChecksummedCheckpointIO())
     if checkpoint_dir is not None:
         callbacks.append(
@@ -181,21 +176,11 @@ def train_with_monitor(
     )
 
 
-def evaluate_model(model: torch.nn.Module, frdm: ForgetRetainDataModule) -> dict[str, float | None]:
-    """Loss and accuracy on forget / retain / held-out sets and the forget-vs-held-out MIA AUROC."""
-    out: dict[str, float | None] = {}
-    losses = {}
-    loaders = {"forget": frdm.forget_dataloader(), "retain": frdm.retain_dataloader()}
-    if frdm.heldout_set is not None:
-        loaders["heldout"] = frdm.heldout_dataloader()
-    for name, loader in loaders.items():
-        loss, _, correct = per_example_losses(model, loader)
-        losses[name] = loss
-        out[f"{name}_loss"] = float(loss.double().mean())
-        out[f"{name}_acc"] = float(correct.double().mean())
-    if "heldout" in losses:
-        out["mia_auroc"] = float(loss_mia_auroc(losses["forget"], losses["heldout"]))
-    return out
+def test_metrics(model: torch.nn.Module, dm: TensorSplitDataModule) -> dict[str, float]:
+    """Mean loss and accuracy on the data module's test split:
+    ``{"test_loss": float, "test_acc": float}``."""
+    loss, _, correct = per_example_losses(model, dm.test_dataloader())
+    return {"test_loss": float(loss.double().mean()), "test_acc": float(correct.double().mean())}
 
 
 def forget_set_barrier(
@@ -204,70 +189,6 @@ def forget_set_barrier(
     """Loss barrier (THEORY §6) between two models on the forget set."""
     barrier, _ = loss_barrier(model_a, model_b, frdm.forget_dataloader(), num_points=11)
     return float(barrier)
-
-
-class OracleMatchStopping(LossCalibratedStopping):
-    """Stop when the forget set's mean loss is within ``tau`` of the oracle's (THEORY §6).
-
-    The check schedule, logging and cross-rank decision are those of
-    :class:`LossCalibratedStopping`; only the rule differs. Used by ``reproduce`` to measure
-    steps-to-unlearn without running past the step where the oracle's level is reached.
-    """
-
-    def __init__(
-        self,
-        oracle_forget_loss: float,
-        tau: float,
-        check_every_n_steps: int,
-        heldout_dataloader: Any = None,
-    ) -> None:
-        super().__init__(
-            check_every_n_steps=check_every_n_steps,
-            tolerance=tau,
-            heldout_dataloader=heldout_dataloader,
-        )
-        self.oracle_forget_loss = float(oracle_forget_loss)
-
-    @override
-    def is_satisfied(self, record: dict[str, Any]) -> bool:
-        return abs(record["forget_loss"] - self.oracle_forget_loss) <= self.tolerance
-
-
-@dataclasses.dataclass
-class BudgetSpec:
-    """How the step budget is set: fixed ``steps``, or THEORY §5 ``constants``."""
-
-    steps: int | None = None
-    constants: UnlearningConstants | None = None
-    aggregate: str = "max"
-    max_steps: int | None = None
-
-    def budget(
-        self,
-        ledger: PrivacyLedger,
-        frdm: ForgetRetainDataModule,
-        *,
-        model: torch.nn.Module | None = None,
-        expected_metadata: dict[str, Any] | None = None,
-    ) -> int:
-        """The budget for this forget set (see :func:`compute_budget`); the ledger's recording
-        configuration is checked against ``frdm``, ``model`` and ``expected_metadata`` in
-        both modes."""
-        return compute_budget(
-            ledger,
-            frdm,
-            steps=self.steps,
-            constants=None if self.steps is not None else self.constants,
-            aggregate=self.aggregate,  # type: ignore[arg-type]
-            model=model,
-            expected_metadata=expected_metadata,
-            max_steps=self.max_steps,
-        )
-
-    @property
-    def source(self) -> str:
-        """Where the budget comes from, for the audit record."""
-        return "fixed --budget-steps" if self.steps is not None else "THEORY §5 constants"
 
 
 def unlearn_forget_set(
@@ -325,10 +246,17 @@ def unlearn_forget_set(
         result = unlearner.result
     else:
         result = None
-    if result is None:  # zero budget: nothing to run
-        before = evaluate_model(student, frdm)
-        result = UnlearningResult(method=method, steps=0, budget=budget, stop_reason="budget")
-        result.extra["metrics_before"] = before
+    if result is None:  # zero budget: nothing runs, the model after is the model before
+        metrics = evaluate_splits(student, frdm)
+        result = UnlearningResult(
+            method=method,
+            steps=0,
+            budget=budget,
+            stop_reason="budget",
+            num_forget=int(frdm.forget_ids.numel()),
+            before=metrics,
+            after=copy.deepcopy(metrics),
+        )
     seconds = time.perf_counter() - start
     unlearned = unlearner.unlearned_module()
     unlearned.eval()

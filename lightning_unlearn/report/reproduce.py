@@ -1,128 +1,22 @@
-"""Summary statistics, plots and the report of ``lightning-unlearn reproduce``."""
+"""The plots and the report of the paper's experiment
+(:func:`~lightning_unlearn.experiments.reproduce.run_reproduce`), from its results dictionary
+(the claims' statistics: :func:`~lightning_unlearn.experiments.reproduce_summary.summarise`)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lightning_unlearn.accounting import fit_step_model
-from lightning_unlearn.evaluation.functional import correlation_table
-from lightning_unlearn.report import (
-    Report,
+from lightning_unlearn.report.document import Report
+from lightning_unlearn.report.plots import (
     plot_bin_series,
     plot_privacy_histogram,
     plot_score_grid,
 )
 
-__all__ = ["summarise", "write_reproduce_report"]
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    std = float(t.std(unbiased=True)) if len(values) > 1 else 0.0
-    return float(t.mean()), std
-
-
-def _spearman(x: list[float], y: list[float]) -> float | None:
-    if len(x) < 3 or len(set(y)) < 2 or len(set(x)) < 2:
-        return None
-    table = correlation_table(
-        torch.tensor(x, dtype=torch.float64), {"y": torch.tensor(y, dtype=torch.float64)}
-    )
-    value = table["privacy_loss"]["y"]
-    return None if math.isnan(value) else value
-
-
-def _gap(row: dict[str, Any]) -> float:
-    """Oracle minus original forget-set mean loss: how far unlearning has to move the set."""
-    return float(row["oracle"]["forget_loss"]) - float(row["original"]["forget_loss"])
-
-
-def _steps(rows: list[dict[str, Any]], method: str) -> tuple[float, float]:
-    return _mean_std([float(r["methods"][method]["steps"]) for r in rows])
-
-
-def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """Aggregate the per-seed rows into the numbers behind the three claims.
-
-    Returns:
-        ``{"bins": [...], "methods": [...], "by_bin": {...}, "claim1": {...}, "claim2": {...},
-        "claim3": {...}, "spearman": {...}}``; means and (sample) standard deviations over
-        seeds.
-    """
-    seeds = results["seeds"]
-    rows = [r for s in seeds for r in s["rows"]]
-    methods = list(rows[0]["methods"]) if rows else []
-    bins = list(dict.fromkeys(r["group"] for r in rows if r["kind"] == "P bin"))
-    by_bin: dict[str, Any] = {}
-    for b in bins:
-        sel = [r for r in rows if r["group"] == b]
-        by_bin[b] = {
-            "P_max": _mean_std([r["P_max"] for r in sel]),
-            "barrier": _mean_std([r["barrier"] for r in sel]),
-            "budget_theory": _mean_std([float(r["budget_theory"]) for r in sel]),
-            "oracle_forget_acc": _mean_std([r["oracle"]["forget_acc"] for r in sel]),
-            "original_forget_acc": _mean_std([r["original"]["forget_acc"] for r in sel]),
-            "steps": {
-                m: _mean_std([float(r["methods"][m]["steps"]) for r in sel]) for m in methods
-            },
-            "censored": {m: sum(r["methods"][m]["censored"] for r in sel) for m in methods},
-        }
-    pbin_rows = [r for r in rows if r["kind"] == "P bin"]
-    claim1: dict[str, Any] = {}
-    for m in methods:
-        p = [r["P_max"] for r in pbin_rows]
-        k = [float(r["methods"][m]["steps"]) for r in pbin_rows]
-        entry: dict[str, Any] = {"spearman_P_steps": _spearman(p, k)}
-        if len(set(k)) > 1:
-            model = fit_step_model(torch.tensor(p, dtype=torch.float64), torch.tensor(k))
-            entry.update({"a": float(model.a), "b": float(model.b), "r2": float(model.r2)})
-        claim1[m] = entry
-    claim2 = {
-        "spearman_P_barrier": _spearman(
-            [r["P_max"] for r in pbin_rows], [r["barrier"] for r in pbin_rows]
-        ),
-        "spearman_bin_barrier": _spearman(
-            [float(bins.index(r["group"])) for r in pbin_rows], [r["barrier"] for r in pbin_rows]
-        ),
-    }
-    groups = [bins[-1]] if bins else []
-    groups += list(dict.fromkeys(r["group"] for r in rows if r["kind"] == "heuristic"))
-    claim3: dict[str, Any] = {}
-    for g in groups:
-        sel = [r for r in rows if r["group"] == g]
-        claim3[g] = {
-            "steps": {
-                m: _mean_std([float(r["methods"][m]["steps"]) for r in sel]) for m in methods
-            },
-            "barrier": _mean_std([r["barrier"] for r in sel]),
-            "P_mean": _mean_std([r["P_mean"] for r in sel]),
-            "forget_gap": _mean_std([_gap(r) for r in sel]),
-        }
-    hardest: dict[str, str] = {}
-    for m in methods:
-        best = None
-        for g, c in claim3.items():
-            if best is None or c["steps"][m][0] > claim3[best]["steps"][m][0]:
-                best = g
-        if best is not None:
-            hardest[m] = best
-    names = list(seeds[0]["spearman"]) if seeds else []
-    spearman = {n: _mean_std([s["spearman"][n] for s in seeds]) for n in names}
-    return {
-        "bins": bins,
-        "methods": methods,
-        "by_bin": by_bin,
-        "claim1": claim1,
-        "claim2": claim2,
-        "claim3": claim3,
-        "hardest_group": hardest,
-        "spearman": spearman,
-        "test_acc": _mean_std([s["test_acc"] for s in seeds]),
-    }
+__all__ = ["write_reproduce_report"]
 
 
 def _fmt(ms: tuple[float, float]) -> str:
@@ -130,7 +24,35 @@ def _fmt(ms: tuple[float, float]) -> str:
 
 
 def write_reproduce_report(out: Path, results: dict[str, Any]) -> tuple[Path, Path]:
-    """Write the four plots and ``report.md`` / ``report.html`` into ``out``."""
+    """Write the five plots and ``report.md`` / ``report.html`` into ``out``.
+
+    Args:
+        out: output directory.
+        results: the experiment's results (``settings``, ``order``, ``seeds``, ``summary``,
+            ``command``, ``seconds``), as
+            :func:`~lightning_unlearn.experiments.reproduce.run_reproduce` returns them.
+
+    Returns:
+        The Markdown and HTML paths.
+    """
+    _write_plots(out, results)
+    s = results["summary"]
+    r = Report("lightning-unlearn reproduce: per-instance privacy and unlearning on Fashion-MNIST")
+    _add_setup(r, results)
+    _add_claim1(r, s, results["settings"])
+    _add_claim2(r, s)
+    _add_claim3(r, s)
+    r.add_heading("P and the data-difficulty scores")
+    r.add_table(
+        ["score", "Spearman ρ with P (mean ± sd over seeds)"],
+        [[k, _fmt(v)] for k, v in s["spearman"].items()],
+    )
+    r.add_image("plots/p_vs_scores.png", "P against each difficulty score (seed 0)")
+    r.add_image("plots/privacy_histogram.png", "Distribution of log10 P (seed 0)")
+    return r.write(out)
+
+
+def _write_plots(out: Path, results: dict[str, Any]) -> None:
     s = results["summary"]
     order = results["order"]
     settings = results["settings"]
@@ -184,7 +106,11 @@ def write_reproduce_report(out: Path, results: dict[str, Any]) -> tuple[Path, Pa
         xlabel="forget set (top bin of each score)",
     )
 
-    r = Report("lightning-unlearn reproduce: per-instance privacy and unlearning on Fashion-MNIST")
+
+def _add_setup(r: Report, results: dict[str, Any]) -> None:
+    s = results["summary"]
+    order = results["order"]
+    settings = results["settings"]
     seeds = results["seeds"]
     r.add_paragraph(
         f"{len(seeds)} seeds; {seeds[0]['num_train']} training images per seed (scale "
@@ -195,6 +121,10 @@ def write_reproduce_report(out: Path, results: dict[str, Any]) -> tuple[Path, Pa
         f"{results.get('seconds', '?')} s."
     )
     r.add_code(results["command"])
+
+
+def _add_claim1(r: Report, s: dict[str, Any], settings: dict[str, Any]) -> None:
+    bins, methods = s["bins"], s["methods"]
     r.add_heading("Claim 1: P predicts the steps needed to unlearn")
     r.add_paragraph(
         f"Steps to unlearn: first check (every {settings['check_every']} steps) at which the "
@@ -231,6 +161,9 @@ def write_reproduce_report(out: Path, results: dict[str, Any]) -> tuple[Path, Pa
         ],
     )
     r.add_image("plots/steps_vs_p_bin.png", "Steps to unlearn vs P bin, both methods")
+
+
+def _add_claim2(r: Report, s: dict[str, Any]) -> None:
     r.add_heading("Claim 2: larger P, larger loss barrier")
     r.add_paragraph(
         "Loss barrier on the forget set between the trained model and its oracle (THEORY §6). "
@@ -239,6 +172,10 @@ def write_reproduce_report(out: Path, results: dict[str, Any]) -> tuple[Path, Pa
         f"{s['claim2']['spearman_bin_barrier']}."
     )
     r.add_image("plots/barrier_vs_p_bin.png", "Loss barrier vs P bin")
+
+
+def _add_claim3(r: Report, s: dict[str, Any]) -> None:
+    methods = s["methods"]
     r.add_heading("Claim 3: P finds harder groups than the heuristics")
     r.add_table(
         ["forget set", *[f"steps {m}" for m in methods], "barrier", "mean P", "loss gap"],
@@ -260,11 +197,3 @@ def write_reproduce_report(out: Path, results: dict[str, Any]) -> tuple[Path, Pa
         + "."
     )
     r.add_image("plots/hardest_group.png", "Steps to unlearn of the top group of each score")
-    r.add_heading("P and the data-difficulty scores")
-    r.add_table(
-        ["score", "Spearman ρ with P (mean ± sd over seeds)"],
-        [[k, _fmt(v)] for k, v in s["spearman"].items()],
-    )
-    r.add_image("plots/p_vs_scores.png", "P against each difficulty score (seed 0)")
-    r.add_image("plots/privacy_histogram.png", "Distribution of log10 P (seed 0)")
-    return r.write(out)
