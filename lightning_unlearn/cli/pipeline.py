@@ -8,7 +8,6 @@ from lightning_unlearn.experiments.pipeline import (
     make_trainer,
     retrain_oracle,
     tensorboard_logger,
-    test_metrics,
     train_with_monitor,
     unlearn_forget_set,
 )
@@ -23,7 +22,6 @@ __all__ = [
     "make_trainer",
     "retrain_oracle",
     "tensorboard_logger",
-    "test_metrics",
     "train_with_monitor",
     "unlearn_forget_set",
 ]

@@ -38,10 +38,10 @@ from lightning_unlearn.experiments.builders import (
 )
 from lightning_unlearn.experiments.checkpoints import save_model_checkpoint, write_forget_ids
 from lightning_unlearn.experiments.pipeline import (
+    evaluate_test_split,
     forget_set_barrier,
     retrain_oracle,
     tensorboard_logger,
-    test_metrics,
     train_with_monitor,
     unlearn_forget_set,
 )
@@ -223,7 +223,7 @@ def run_demo(
         "num_train": dm.num_train,
         "order": order,
         "train_seconds": round(train_seconds, 2),
-        "fit": test_metrics(trained, dm),
+        "fit": evaluate_test_split(trained, dm),
         "tau": settings.tau,
         "stop": settings.stop,
         "tolerance": settings.tolerance,

@@ -34,11 +34,11 @@ from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_split
 
 __all__ = [
     "TrainOutput",
+    "evaluate_test_split",
     "forget_set_barrier",
     "make_trainer",
     "retrain_oracle",
     "tensorboard_logger",
-    "test_metrics",
     "train_with_monitor",
     "unlearn_forget_set",
 ]
@@ -176,7 +176,7 @@ def train_with_monitor(
     )
 
 
-def test_metrics(model: torch.nn.Module, dm: TensorSplitDataModule) -> dict[str, float]:
+def evaluate_test_split(model: torch.nn.Module, dm: TensorSplitDataModule) -> dict[str, float]:
     """Mean loss and accuracy on the data module's test split:
     ``{"test_loss": float, "test_acc": float}``."""
     loss, _, correct = per_example_losses(model, dm.test_dataloader())

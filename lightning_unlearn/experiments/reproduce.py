@@ -40,10 +40,10 @@ from lightning_unlearn.evaluation.functional import (
 from lightning_unlearn.experiments._settings import python_call, validated
 from lightning_unlearn.experiments.pipeline import (
     TrainOutput,
+    evaluate_test_split,
     forget_set_barrier,
     retrain_oracle,
     tensorboard_logger,
-    test_metrics,
     train_with_monitor,
     unlearn_forget_set,
 )
@@ -313,7 +313,7 @@ def _one_seed(settings: _Reproduce, seed: int) -> dict[str, Any]:
         "num_train": dm.num_train,
         "forget_size": size,
         "train_seconds": round(trained.seconds, 1),
-        "test_acc": test_metrics(model, dm)["test_acc"],
+        "test_acc": evaluate_test_split(model, dm)["test_acc"],
         "spearman": correlation_table(privacy, scores)["privacy_loss"],
         "privacy": privacy.tolist(),
         "scores": {k: v.tolist() for k, v in scores.items()},

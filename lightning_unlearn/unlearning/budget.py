@@ -354,17 +354,17 @@ class BudgetSpec:
     def budget(
         self,
         ledger: PrivacyLedger | None,
-        frdm: ForgetRetainDataModule | None,
+        forget: ForgetRetainDataModule | Sequence[int] | torch.Tensor | None,
         *,
         model: nn.Module | None = None,
         expected_metadata: Mapping[str, Any] | None = None,
     ) -> int:
-        """The budget for this forget set (see :func:`compute_budget`); the ledger's recording
-        configuration is checked against ``frdm``, ``model`` and ``expected_metadata`` in
-        both modes whenever a ledger is given."""
+        """The budget for this forget set (see :func:`compute_budget`); whenever a ledger is
+        given, its recording configuration is checked against ``forget`` (a data module's
+        data set), ``model`` and ``expected_metadata`` in both modes."""
         return compute_budget(
             ledger,
-            frdm,
+            forget,
             steps=self.steps,
             constants=None if self.steps is not None else self.constants,
             aggregate=self.aggregate,
