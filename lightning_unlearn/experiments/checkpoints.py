@@ -98,9 +98,11 @@ def save_model_checkpoint(
     Example:
         >>> import tempfile
         >>> from lightning_unlearn.models import MLPClassifier
-        >>> path = Path(tempfile.mkdtemp()) / "model.ckpt"
-        >>> _ = save_model_checkpoint(MLPClassifier(4, 3), path, datamodule={"name": "digits"})
-        >>> load_model_checkpoint(path)[1]["model"]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_model_checkpoint(
+        ...         MLPClassifier(4, 3), Path(tmp) / "model.ckpt", datamodule={"name": "digits"}
+        ...     )
+        ...     load_model_checkpoint(path)[1]["model"]
         'mlp'
     """
     checkpoint = {

@@ -192,6 +192,11 @@ def run_demo(
 
     Raises:
         InvalidArgumentError: a setting of the wrong type or out of range.
+        ValueError: THEORY §5's constants are inconsistent (``target_epsilon <= d_irr``).
+
+    Example:
+        >>> summary = run_demo("outputs/demo_sgld", methods=["sgld"])  # doctest: +SKIP
+        >>> [row["steps_to_oracle"] for row in summary["rows"]]  # doctest: +SKIP
     """
     # at this point locals() holds exactly the arguments
     arguments = {k: v for k, v in locals().items() if k != "command"}

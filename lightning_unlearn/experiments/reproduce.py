@@ -161,6 +161,10 @@ def run_reproduce(
     Raises:
         InvalidArgumentError: a setting of the wrong type or out of range.
         DatasetNotFoundError: the Fashion-MNIST files are missing.
+
+    Example:
+        >>> results = run_reproduce("outputs/reproduce", scale=0.05, seeds=1)  # doctest: +SKIP
+        >>> results["summary"]["claim1"]["sgld"]["spearman_P_steps"]  # doctest: +SKIP
     """
     # at this point locals() holds exactly the arguments
     arguments = {k: v for k, v in locals().items() if k != "command"}
