@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from lightning_unlearn.errors import InvalidArgumentError, InvalidArgumentTypeError
+from lightning_unlearn.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    OutputWriteError,
+)
 from lightning_unlearn.validation import check_float, check_int, check_optional
 
-__all__ = ["python_call", "validated"]
+__all__ = ["output_directory", "python_call", "validated"]
 
 _pos_int = functools.partial(check_int, minimum=1)
 _nonneg_int = functools.partial(check_int, minimum=0)
@@ -105,3 +111,22 @@ def validated(settings: Settings) -> Settings:
 def python_call(name: str, arguments: dict[str, Any]) -> str:
     """How a run started from Python is shown in its report: ``name(key=value, ...)``."""
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"
+
+
+def output_directory(path: Path) -> Path:
+    """Create ``path`` (with parents) and check that files can be written there, before any
+    work starts rather than at the first write after training.
+
+    Raises:
+        OutputWriteError: it is a file, lies under a file, or is not writable.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise OutputWriteError(
+            f"Expected `output_dir` {str(path)!r} to be a writable directory, but it is not "
+            f"({err.strerror or err}); choose another directory or fix its permissions."
+        ) from None
+    return path

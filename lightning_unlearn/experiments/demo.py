@@ -28,7 +28,7 @@ from lightning_unlearn.accounting import PrivacyLedger, UnlearningConstants
 from lightning_unlearn.data.modules import TensorSplitDataModule
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.evaluation.functional import forget_sets_by_quantile, steps_to_unlearn
-from lightning_unlearn.experiments._settings import python_call, validated
+from lightning_unlearn.experiments._settings import output_directory, python_call, validated
 from lightning_unlearn.experiments.builders import (
     Architecture,
     DatasetName,
@@ -204,8 +204,7 @@ def run_demo(
     constants = settings.constants()  # refuses inconsistent constants before any work
     order = constants.privacy_order
     start = time.perf_counter()
-    out = settings.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(settings.output_dir)
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     dm, trained, ledger, train_seconds = _train(settings)
     privacy = ledger.privacy_loss(order).cpu()

@@ -37,7 +37,7 @@ from lightning_unlearn.evaluation.functional import (
     input_curvature,
     steps_to_unlearn,
 )
-from lightning_unlearn.experiments._settings import python_call, validated
+from lightning_unlearn.experiments._settings import output_directory, python_call, validated
 from lightning_unlearn.experiments.pipeline import (
     TrainOutput,
     evaluate_test_split,
@@ -175,8 +175,7 @@ def run_reproduce(
             f"{settings.seeds})"
         )
     start = time.perf_counter()
-    out = settings.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(settings.output_dir)
     per_seed = [_one_seed(settings, seed) for seed in range(settings.seeds)]
     results: dict[str, Any] = {
         "command": command or python_call("run_reproduce", arguments),

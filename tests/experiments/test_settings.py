@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from lightning_unlearn.errors import InvalidArgumentError, InvalidArgumentTypeError
+from lightning_unlearn.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    OutputWriteError,
+)
 from lightning_unlearn.experiments import run_demo, run_reproduce
 
 
@@ -50,3 +54,11 @@ def test_run_reproduce_refuses_bad_settings(
     with pytest.raises(InvalidArgumentError, match=message):
         run_reproduce(out, **kwargs)  # type: ignore[arg-type]
     assert not out.exists()
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_training(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for target in (afile, afile / "sub"):
+        with pytest.raises(OutputWriteError, match="output_dir"):
+            run_demo(target)
