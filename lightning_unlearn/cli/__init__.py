@@ -11,6 +11,7 @@ import importlib
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["COMMANDS", "main"]
 
@@ -67,12 +68,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nlightning-unlearn: error: unknown command {name!r}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"lightning_unlearn.cli.{name}")
-    parser = module.build_parser(prog=f"lightning-unlearn {name}")
+    # a module without `build_parser` is a typed function's wrapper: it parses its own argv
+    parser = (
+        module.build_parser(prog=f"lightning-unlearn {name}")
+        if hasattr(module, "build_parser")
+        else None
+    )
     try:
-        namespace = parse_args(parser, args[1:])
-        namespace.argv = args[1:]
-        if namespace.threads is not None and namespace.threads > 0:
-            torch.set_num_threads(namespace.threads)
+        namespace: Any = args[1:]
+        if parser is not None:
+            namespace = parse_args(parser, args[1:])
+            namespace.argv = args[1:]
+            if namespace.threads is not None and namespace.threads > 0:
+                torch.set_num_threads(namespace.threads)
         with warnings.catch_warnings():
             # Lightning's advice for multi-core data loading does not apply to in-memory tensors.
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")

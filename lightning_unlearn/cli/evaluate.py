@@ -47,13 +47,14 @@ def build_parser(prog: str = "lightning-unlearn evaluate") -> argparse.ArgumentP
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``evaluate``; returns the metrics dictionary."""
-    from lightning_unlearn.cli.pipeline import evaluate_model, forget_set_barrier
     from lightning_unlearn.evaluation.functional import (
         forget_quality_ks,
         per_example_logits,
         per_example_losses,
         prediction_divergence,
     )
+    from lightning_unlearn.experiments.pipeline import forget_set_barrier
+    from lightning_unlearn.unlearning.result import evaluate_splits
 
     model, info = load_model_checkpoint(args.checkpoint)
     dm = build_datamodule(info["datamodule"]["name"], **info["datamodule"]["hparams"])
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         heldout=dm.test_dataset,
         batch_size=dm.batch_size,
     )
-    metrics: dict[str, Any] = {"checkpoint": str(args.checkpoint), **evaluate_model(model, frdm)}
+    metrics: dict[str, Any] = {"checkpoint": str(args.checkpoint), **evaluate_splits(model, frdm)}
     for flag in ("oracle", "reference"):
         path = getattr(args, flag)
         if path is None:
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             logits_m = per_example_logits(model, forget)[0]
             logits_o = per_example_logits(other, forget)[0]
             metrics["oracle"] = {
-                **evaluate_model(other, frdm),
+                **evaluate_splits(other, frdm),
                 "ks_statistic": float(ks.statistic),
                 "ks_pvalue": float(ks.pvalue),
                 "js_divergence": float(prediction_divergence(logits_m, logits_o, kind="js")),

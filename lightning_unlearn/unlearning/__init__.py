@@ -2,8 +2,10 @@
 
 - :class:`UnlearningModule`: wraps the user's LightningModule and unlearns a forget set.
 - :class:`SGLD`: the noisy optimizer of the THEORY §1 SGLD convention.
-- :func:`compute_budget`: the step budget (THEORY §5) for ``Trainer(max_steps=...)``.
-- :class:`LossCalibratedStopping`: stop once the forget set looks like held-out data.
+- :func:`compute_budget`: the step budget (THEORY §5) for ``Trainer(max_steps=...)``;
+  :class:`BudgetSpec`: a budget chosen once (fixed steps or the bound's constants).
+- :class:`LossCalibratedStopping`: stop once the forget set looks like held-out data;
+  :class:`OracleMatchStopping`: once its mean loss is within τ of a retrained oracle's.
 - :func:`train_oracle`, :class:`UnlearningResult`: the retrained reference and the run record.
 - :func:`train_reference_models`, :class:`ReferenceModels`: K models on random halves (per-example
   OUT targets); :func:`record_unlearning`: the forget set at every unlearning step.
@@ -11,6 +13,7 @@
 
 from lightning_unlearn.unlearning.budget import (
     Aggregate,
+    BudgetSpec,
     check_ledger,
     compute_budget,
     forget_privacy_loss,
@@ -22,6 +25,7 @@ from lightning_unlearn.unlearning.module import (
     module_state_dict_from_checkpoint,
 )
 from lightning_unlearn.unlearning.oracle import fresh_copy, train_oracle
+from lightning_unlearn.unlearning.oracle_stopping import OracleMatchStopping
 from lightning_unlearn.unlearning.reference import (
     ReferenceModels,
     ReferenceModelsError,
@@ -42,10 +46,12 @@ __all__ = [
     "METHODS",
     "SGLD",
     "Aggregate",
+    "BudgetSpec",
     "ExampleTargets",
     "ForgetTrajectoryRecorder",
     "LossCalibratedStopping",
     "Method",
+    "OracleMatchStopping",
     "ReferenceModels",
     "ReferenceModelsError",
     "ReferenceStatistics",

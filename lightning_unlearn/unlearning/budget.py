@@ -9,6 +9,7 @@ set costs less than unlearning (:class:`~lightning_unlearn.errors.BudgetTooLarge
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from lightning_unlearn.validation import check_int
 __all__ = [
     "FALLBACK_MAX_STEPS",
     "Aggregate",
+    "BudgetSpec",
     "budget_cap",
     "check_ledger",
     "compute_budget",
@@ -322,3 +324,56 @@ def compute_budget(
     assert order is not None
     p = forget_privacy_loss(ledger, forget, order, aggregate)
     return _capped(int(step_model.predict(p, rounding="ceil").item()), p, order, aggregate, cap)
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetSpec:
+    """How a step budget is set: a fixed number of ``steps``, or THEORY §5's ``constants``.
+
+    A small value object for the code that chooses a budget once and applies it to a forget
+    set later (the command line, the experiments); :meth:`budget` calls :func:`compute_budget`.
+
+    Attributes:
+        steps: a fixed budget (takes precedence over ``constants``).
+        constants: the bound's :class:`~lightning_unlearn.accounting.UnlearningConstants`.
+        aggregate: how the forget set's privacy losses combine (``"max"``, ``"mean"``,
+            ``"sum"``).
+        max_steps: the largest budget allowed (default: see :func:`budget_cap`).
+
+    Example:
+        >>> spec = BudgetSpec(steps=7)
+        >>> spec.budget(None, None), spec.source
+        (7, 'fixed --budget-steps')
+    """
+
+    steps: int | None = None
+    constants: UnlearningConstants | None = None
+    aggregate: Aggregate = "max"
+    max_steps: int | None = None
+
+    def budget(
+        self,
+        ledger: PrivacyLedger | None,
+        forget: ForgetRetainDataModule | Sequence[int] | torch.Tensor | None,
+        *,
+        model: nn.Module | None = None,
+        expected_metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """The budget for this forget set (see :func:`compute_budget`); whenever a ledger is
+        given, its recording configuration is checked against ``forget`` (a data module's
+        data set), ``model`` and ``expected_metadata`` in both modes."""
+        return compute_budget(
+            ledger,
+            forget,
+            steps=self.steps,
+            constants=None if self.steps is not None else self.constants,
+            aggregate=self.aggregate,
+            model=model,
+            expected_metadata=expected_metadata,
+            max_steps=self.max_steps,
+        )
+
+    @property
+    def source(self) -> str:
+        """Where the budget comes from, for the audit record."""
+        return "fixed --budget-steps" if self.steps is not None else "THEORY §5 constants"

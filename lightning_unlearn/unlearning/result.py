@@ -14,7 +14,10 @@ from lightning_unlearn.evaluation.functional import loss_mia_auroc, per_example_
 from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 from lightning_unlearn.integrity import atomic_write
 
-__all__ = ["UnlearningResult", "evaluate_splits"]
+__all__ = ["SPLITS", "UnlearningResult", "evaluate_splits"]
+
+SPLITS = ("forget", "retain", "heldout")
+"""The splits :func:`evaluate_splits` reports, each as ``{"loss", "accuracy"}``."""
 
 STOP_REASONS = ("calibrated", "budget", "other")
 """Why a run stopped: the loss-calibrated rule fired, the step budget was spent, or something
@@ -31,8 +34,9 @@ class UnlearningResult:
         budget: the step limit (``Trainer.max_steps``), or ``None`` if unlimited.
         stop_reason: one of ``"calibrated"``, ``"budget"``, ``"other"`` (``STOP_REASONS``).
         num_forget: size of the forget set.
-        before: per split (``"forget"``, ``"retain"``, ``"heldout"``) ``{"loss", "accuracy"}``
-            before unlearning, plus ``"forget_mia_auroc"`` when a held-out set exists.
+        before: :func:`evaluate_splits` before unlearning: per split (``"forget"``,
+            ``"retain"``, ``"heldout"``) ``{"loss", "accuracy"}``, plus ``"forget_mia_auroc"``
+            when a held-out set exists.
         after: the same after unlearning.
         trajectory: the loss-calibrated stopping checks, one dict per check (``step``,
             ``forget_loss``, ``heldout_loss``, ``loss_gap``, ``mia_auroc``, ``satisfied``).
@@ -103,6 +107,22 @@ def evaluate_splits(
 ) -> dict[str, Any]:
     """Mean per-example loss and accuracy of ``model`` on the forget, retain and held-out sets.
 
+    The package's one evaluator of a model on a forget / retain / held-out split: the
+    :class:`UnlearningResult` ``before`` / ``after`` entries, the demo, the paper's experiment
+    and ``lightning-unlearn evaluate`` all report it, with one key schema (:data:`SPLITS`)::
+
+        {
+            "forget":  {"loss": float | None, "accuracy": float},
+            "retain":  {"loss": float | None, "accuracy": float},
+            "heldout": {"loss": float | None, "accuracy": float},  # with a held-out set
+            "forget_mia_auroc": float | None,                        # with a held-out set
+        }
+
+    ``loss`` is the mean per-example loss (float64 mean; ``None`` when it is not finite, e.g.
+    a diverged NegGrad run), ``accuracy`` the fraction of correct predictions, and
+    ``forget_mia_auroc`` the loss-threshold membership attack's AUROC between the forget and
+    the held-out losses (THEORY §6; ``None`` when the losses are not finite).
+
     Args:
         model: the model (the user's module).
         datamodule: a :class:`~lightning_unlearn.ForgetRetainDataModule`.
@@ -112,9 +132,19 @@ def evaluate_splits(
             LM's mean token loss).
 
     Returns:
-        ``{"forget": {"loss", "accuracy"}, "retain": {...}, "heldout": {...},
-        "forget_mia_auroc": float}`` (held-out entries only when the data module has one). The
-        MIA AUROC is the loss-threshold attack of THEORY §6 between forget and held-out.
+        The metrics in the schema above.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from lightning_unlearn import ForgetRetainDataModule
+        >>> x, y = torch.randn(12, 3), torch.arange(12) % 2
+        >>> dm = ForgetRetainDataModule(
+        ...     TensorDataset(x, y), [0, 1, 2], heldout=TensorDataset(x, y), batch_size=4
+        ... )
+        >>> metrics = evaluate_splits(torch.nn.Linear(3, 2), dm)
+        >>> sorted(metrics), sorted(metrics["forget"])
+        (['forget', 'forget_mia_auroc', 'heldout', 'retain'], ['accuracy', 'loss'])
     """
     loaders = {"forget": datamodule.forget_dataloader(), "retain": datamodule.retain_dataloader()}
     if datamodule.heldout_set is not None:

@@ -1,4 +1,5 @@
-"""The demo's report: plots and a Markdown / HTML page from the demo's summary dictionary."""
+"""The demo's report: plots and a Markdown / HTML page from the demo's summary dictionary
+(:func:`~lightning_unlearn.experiments.demo.run_demo`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 import torch
 
-from lightning_unlearn.report import (
-    Report,
+from lightning_unlearn.report.document import Report
+from lightning_unlearn.report.plots import (
     plot_bin_series,
     plot_privacy_histogram,
     plot_trajectories,
@@ -24,16 +25,29 @@ def write_demo_report(
 
     Args:
         out: output directory.
-        summary: the demo's summary (rows, trajectories, constants, ...).
+        summary: the demo's summary (rows, trajectories, constants, ...); each row's
+            ``original`` / ``unlearned`` / ``oracle`` entries are
+            :func:`~lightning_unlearn.unlearning.result.evaluate_splits` metrics.
         privacy: P(x, order) of every training example.
         groups: ``{group name: forget ids}``.
 
     Returns:
         The Markdown and HTML paths.
     """
+    _write_plots(out / "plots", summary, privacy, groups)
+    r = Report("lightning-unlearn demo: who is hard to forget, and proof it worked")
+    _add_privacy(r, summary)
+    _add_budget(r, summary)
+    _add_oracle_comparison(r, summary["rows"])
+    _add_barriers_and_files(r, summary["rows"])
+    return r.write(out)
+
+
+def _write_plots(
+    plots: Path, summary: dict[str, Any], privacy: torch.Tensor, groups: dict[str, torch.Tensor]
+) -> None:
     order = summary["order"]
     rows = summary["rows"]
-    plots = out / "plots"
     plot_privacy_histogram(
         privacy,
         plots / "privacy_histogram.png",
@@ -72,9 +86,10 @@ def write_demo_report(
         xlabel="forget set",
     )
 
-    c = summary["constants"]
+
+def _add_privacy(r: Report, summary: dict[str, Any]) -> None:
+    order = summary["order"]
     q = summary["privacy_quantiles"]
-    r = Report("lightning-unlearn demo: who is hard to forget, and proof it worked")
     r.add_paragraph(
         f"Data: {summary['dataset']} ({summary['num_train']} training examples). A GroupNorm CNN "
         f"was trained for the number of epochs given below with `PerInstancePrivacyMonitor` "
@@ -90,6 +105,11 @@ def write_demo_report(
         "100 %): " + ", ".join(f"{v:.3g}" for v in q.values()) + "."
     )
     r.add_image("plots/privacy_histogram.png", "Distribution of log10 P; marks: forget sets")
+
+
+def _add_budget(r: Report, summary: dict[str, Any]) -> None:
+    c = summary["constants"]
+    rows = summary["rows"]
     r.add_heading("2. Unlearning with the calibrated budget")
     r.add_paragraph(
         "Each forget set gets the budget of THEORY §5, "
@@ -154,6 +174,9 @@ def write_demo_report(
         "reference; the rule is what is available without an oracle."
     )
     r.add_image("plots/budget_vs_steps.png", "Budget and steps used per forget set")
+
+
+def _add_oracle_comparison(r: Report, rows: list[dict[str, Any]]) -> None:
     r.add_heading("3. Did it work? Comparison with retrained oracles")
     r.add_paragraph(
         "The oracle is a fresh model retrained without the forget set with the same recipe. "
@@ -179,16 +202,19 @@ def write_demo_report(
                     x["group"],
                     x["method"],
                     label,
-                    m["forget_loss"],
-                    m["forget_acc"],
-                    m.get("mia_auroc"),
-                    m["retain_acc"],
-                    m.get("heldout_acc"),
+                    m["forget"]["loss"],
+                    m["forget"]["accuracy"],
+                    m.get("forget_mia_auroc"),
+                    m["retain"]["accuracy"],
+                    m.get("heldout", {}).get("accuracy"),
                 ]
             )
     r.add_table(headers, table)
     r.add_image("plots/forget_loss_trajectory.png", "Forget-set loss against unlearning steps")
     r.add_image("plots/mia_auroc_trajectory.png", "MIA AUROC against unlearning steps")
+
+
+def _add_barriers_and_files(r: Report, rows: list[dict[str, Any]]) -> None:
     r.add_heading("4. Loss barriers")
     barriers = {x["group"]: x["barrier_original_oracle"] for x in rows}
     r.add_paragraph(
@@ -205,4 +231,3 @@ def write_demo_report(
             "`summary.json`: every number above; `tensorboard/`: `tensorboard --logdir` it",
         ]
     )
-    return r.write(out)
