@@ -411,43 +411,14 @@ def attach_norm_hooks(
         torch.Size([5])
         >>> hooks.clear(); hooks.detach()
     """
-    if mode not in get_args(GradSampleMode):
-        raise ValueError(
-            f"Expected `mode` to be one of {get_args(GradSampleMode)}, but got {mode!r}."
-        )
-    if loss_reduction not in get_args(LossReduction):
-        raise ValueError(
-            "Expected `loss_reduction` to be one of "
-            f"{get_args(LossReduction)}, but got {loss_reduction!r}."
-        )
-    for name, layer in module.named_modules():
-        if _MARKER in layer.__dict__ or "autograd_grad_sample_hooks" in layer.__dict__:
-            where = "this module" if layer is module else f"its submodule {name!r}"
-            raise NormHooksError(
-                f"Expected a module without per-sample hooks, but {where} already has them "
-                "attached. Attach once per module, or call `detach()` on the existing "
-                "`NormHooks` (the monitor detaches in `teardown`) before attaching again."
-            )
+    _check_options(mode, loss_reduction)
+    _check_not_attached(module)
     check_not_compiled(module)
-    explicit = resolve_exclude(module, exclude)
-    check_parametrizations(module, explicit)
-    unsupported = find_unsupported_modules(module)
-    if unsupported and strict and not exclude_unsupported:
-        names = ", ".join(f"{n or '<root>'!r} ({type(m).__name__})" for n, m in unsupported)
-        raise UnsupportedLayerError(
-            f"Expected layers with per-sample gradients, but got {names}: BatchNorm (also "
-            "without running statistics) and other layers with running statistics mix the "
-            "examples of a batch, so one example's gradient is not defined. Replace them with "
-            "`nn.GroupNorm` (for example with `opacus.validators.ModuleValidator.fix(model)`), "
-            "or pass `exclude_unsupported=True` to leave their parameters out of the norm "
-            "(the norms are then approximate; see the docs)."
-        )
+    excluded_ids, unsupported = _excluded_parameters(module, exclude, strict, exclude_unsupported)
     # torch warns once that a full backward hook fires on a layer whose inputs need no gradient
     # (the first layer): expected for these hooks and harmless, so it is silenced (only it).
     warnings.filterwarnings("ignore", message=_FULL_HOOK_WARNING, category=UserWarning)
-    excluded_ids = {id(p) for _, m in unsupported for p in m.parameters(recurse=False)}
     named = dict(module.named_parameters())
-    excluded_ids.update(id(named[n]) for n in explicit)
     excluded_names = [n for n, p in named.items() if id(p) in excluded_ids and p.requires_grad]
     if excluded_names:
         why = "layers without per-sample gradients" if unsupported else "`exclude`"
@@ -498,6 +469,57 @@ def attach_norm_hooks(
         guards=guards,
         exclude_uncovered=exclude_unsupported,
     )
+
+
+def _check_options(mode: str, loss_reduction: str) -> None:
+    if mode not in get_args(GradSampleMode):
+        raise ValueError(
+            f"Expected `mode` to be one of {get_args(GradSampleMode)}, but got {mode!r}."
+        )
+    if loss_reduction not in get_args(LossReduction):
+        raise ValueError(
+            "Expected `loss_reduction` to be one of "
+            f"{get_args(LossReduction)}, but got {loss_reduction!r}."
+        )
+
+
+def _check_not_attached(module: nn.Module) -> None:
+    """Refuse a module that (or whose submodule) already carries norm or Opacus hooks."""
+    for name, layer in module.named_modules():
+        if _MARKER in layer.__dict__ or "autograd_grad_sample_hooks" in layer.__dict__:
+            where = "this module" if layer is module else f"its submodule {name!r}"
+            raise NormHooksError(
+                f"Expected a module without per-sample hooks, but {where} already has them "
+                "attached. Attach once per module, or call `detach()` on the existing "
+                "`NormHooks` (the monitor detaches in `teardown`) before attaching again."
+            )
+
+
+def _excluded_parameters(
+    module: nn.Module, exclude: Sequence[str], strict: bool, exclude_unsupported: bool
+) -> tuple[set[int], list[tuple[str, nn.Module]]]:
+    """Ids of the parameters left out of the norm, and the unsupported layers found.
+
+    Raises :class:`UnsupportedLayerError` for an unsupported layer unless the caller opted
+    out (``strict=False`` or ``exclude_unsupported=True``).
+    """
+    explicit = resolve_exclude(module, exclude)
+    check_parametrizations(module, explicit)
+    unsupported = find_unsupported_modules(module)
+    if unsupported and strict and not exclude_unsupported:
+        names = ", ".join(f"{n or '<root>'!r} ({type(m).__name__})" for n, m in unsupported)
+        raise UnsupportedLayerError(
+            f"Expected layers with per-sample gradients, but got {names}: BatchNorm (also "
+            "without running statistics) and other layers with running statistics mix the "
+            "examples of a batch, so one example's gradient is not defined. Replace them with "
+            "`nn.GroupNorm` (for example with `opacus.validators.ModuleValidator.fix(model)`), "
+            "or pass `exclude_unsupported=True` to leave their parameters out of the norm "
+            "(the norms are then approximate; see the docs)."
+        )
+    excluded_ids = {id(p) for _, m in unsupported for p in m.parameters(recurse=False)}
+    named = dict(module.named_parameters())
+    excluded_ids.update(id(named[n]) for n in explicit)
+    return excluded_ids, unsupported
 
 
 def _prepare_opacus(module: nn.Module, mode: str, loss_reduction: str) -> Any:
