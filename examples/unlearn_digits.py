@@ -38,13 +38,13 @@ def main() -> None:
     frdm = ForgetRetainDataModule(dm.train_dataset, forget_ids, heldout=dm.test_dataset)
 
     # 3. Budget from THEORY §5 (constants are a documented choice), then unlearn with SGLD.
-    constants = UnlearningConstants(alpha=2, c_lsi=0.5, noise_multiplier=1.0, lr=0.05,
+    constants = UnlearningConstants(alpha=2, c_lsi=0.5, langevin_sigma=1.0, lr=0.05,
                                     target_epsilon=1.0)  # fmt: skip
     # `model=` checks that the ledger was recorded with exactly these weights. A budget above
     # one training run (here 200 steps) is refused by default, as retraining would be cheaper;
     # this example allows more to show the bound's value.
     budget = compute_budget(monitor.ledger, frdm, constants=constants, model=model, max_steps=1000)
-    unlearner = UnlearningModule(model, method="sgld", lr=0.05, noise_multiplier=0.01)
+    unlearner = UnlearningModule(model, method="sgld", lr=0.05, sgld_sigma=0.01)
     stopping = LossCalibratedStopping(check_every_n_steps=10, tolerance=0.01)
     pl.Trainer(max_steps=budget, callbacks=[stopping], logger=False, enable_checkpointing=False,
                enable_progress_bar=False).fit(unlearner, datamodule=frdm)  # fmt: skip

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 budget=budget,
                 lr=args.unlearn_lr,
                 stopping=stopping,
-                noise_multiplier=args.sgld_noise,
+                sgld_sigma=args.sgld_noise,
                 logger=tensorboard_logger(tb_root, f"unlearn_{name.split()[0]}_{method}"),
                 progress=progress,
                 seed=args.seed + 10 * gi,
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "constants": {
             "alpha": constants.alpha,
             "c_lsi": constants.c_lsi,
-            "noise_multiplier": constants.noise_multiplier,
+            "langevin_sigma": constants.langevin_sigma,
             "lr": constants.lr,
             "target_epsilon": constants.target_epsilon,
             "d0": constants.d0,

@@ -171,7 +171,7 @@ def _one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     constants = UnlearningConstants(
         alpha=args.alpha,
         c_lsi=1.0,
-        noise_multiplier=args.noise_multiplier,
+        langevin_sigma=args.noise_multiplier,
         lr=args.unlearn_lr,
         target_epsilon=1.0,
     )
@@ -227,7 +227,7 @@ def _one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 budget=args.max_steps,
                 lr=args.unlearn_lr,
                 stopping=stop,
-                noise_multiplier=args.sgld_noise,
+                sgld_sigma=args.sgld_noise,
                 progress=False,
                 seed=seed,
             )

@@ -242,7 +242,10 @@ def compute_budget(
             ``steps``).
         forget: the forget ids, or a :class:`~lightning_unlearn.ForgetRetainDataModule`
             (whose ids and data set size are used).
-        constants: :class:`~lightning_unlearn.accounting.UnlearningConstants` of the bound.
+        constants: :class:`~lightning_unlearn.accounting.UnlearningConstants` of the bound;
+            with ``langevin_sigma=None`` the bound's σ is the training σ the ledger recorded
+            (``metadata["noise_multiplier"]``): THEORY §5 unlearns by continuing the noisy
+            process (:meth:`~lightning_unlearn.accounting.UnlearningConstants.resolve`).
         step_model: a fitted :class:`~lightning_unlearn.accounting.StepModel`.
         order: Rényi order of ``step_model``'s losses (required with ``step_model``).
         steps: a fixed budget.
@@ -315,6 +318,9 @@ def compute_budget(
         )
     cap = budget_cap(ledger, max_steps)
     if constants is not None:
+        # THEORY §5: unlearning continues the training run's noisy process, so the bound's σ
+        # defaults to the σ the ledger recorded (UnlearningConstants.langevin_sigma).
+        constants = constants.resolve(ledger)
         p = forget_privacy_loss(ledger, forget, constants.privacy_order, aggregate)
         k = int(unlearning_steps(p, constants).item())
         return _capped(k, p, constants.privacy_order, aggregate, cap)

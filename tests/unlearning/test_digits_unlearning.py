@@ -30,11 +30,9 @@ from tests.unlearning._digits import DigitsMLP, quiet_trainer
 
 ORDER = 8  # P at order 4 * alpha with alpha = 2
 # steps_per_nat = alpha * c_lsi / (sigma^2 * lr) = 20: budgets of a few hundred steps here.
-CONSTANTS = UnlearningConstants(
-    alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.1, target_epsilon=1.0
-)
+CONSTANTS = UnlearningConstants(alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.1, target_epsilon=1.0)
 FINETUNE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-3}
-SGLD_KW = {"lr": 0.3, "noise_multiplier": 0.005, "weight_decay": 5e-3}
+SGLD_KW = {"lr": 0.3, "sgld_sigma": 0.005, "weight_decay": 5e-3}
 
 
 class _ForgetLossRecorder(Callback):

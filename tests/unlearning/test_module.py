@@ -19,8 +19,14 @@ from lightning_unlearn import (
     UnlearningModule,
     UnsupportedModuleError,
 )
-from lightning_unlearn.accounting import PrivacyLedger, StepModel, UnlearningConstants
+from lightning_unlearn.accounting import (
+    PrivacyLedger,
+    StepModel,
+    UnlearningConstants,
+    unlearning_steps,
+)
 from lightning_unlearn.data import IndexedDataset
+from lightning_unlearn.errors import InvalidArgumentError
 from lightning_unlearn.unlearning import (
     METHODS,
     compute_budget,
@@ -146,6 +152,9 @@ def test_bad_modules_and_arguments_get_named_errors() -> None:
         UnlearningModule(Tiny(), method="forget_everything")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="forget_weight"):
         UnlearningModule(Tiny(), forget_weight=2.0)
+    with pytest.raises(InvalidArgumentError, match=r"`sgld_sigma` of SGLD.*finetune"):
+        UnlearningModule(Tiny(), method="sgld", sgld_sigma=0)
+    UnlearningModule(Tiny(), method="finetune", sgld_sigma=0)  # unused by finetune: accepted
 
     class OwnLoss(UnlearningModule):  # a module without training_step is fine with own losses
         def retain_loss(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -172,7 +181,7 @@ def _ledger(p: list[float], **metadata: Any) -> PrivacyLedger:
 
 def test_budget_sources_aggregates_and_monotonicity() -> None:
     constants = UnlearningConstants(
-        alpha=2, c_lsi=2.0, noise_multiplier=0.5, lr=0.1, target_epsilon=0.5, d0=0.1
+        alpha=2, c_lsi=2.0, langevin_sigma=0.5, lr=0.1, target_epsilon=0.5, d0=0.1
     )
     p = [0.5, 2.0, 8.0, 30.0, 100.0]
     ledger = _ledger(p)
@@ -195,9 +204,30 @@ def test_budget_sources_aggregates_and_monotonicity() -> None:
     assert compute_budget(steps=12) == 12
 
 
+def test_budget_sigma_defaults_to_the_ledgers_training_sigma() -> None:
+    """THEORY §5 continues the noisy process: without `langevin_sigma` the ledger's σ is used."""
+    unset = UnlearningConstants(alpha=2, c_lsi=1.0, lr=0.1, target_epsilon=1.0)
+    recorded = _ledger([0.5, 40.0], noise_multiplier=0.5)
+    explicit = UnlearningConstants(
+        alpha=2, c_lsi=1.0, langevin_sigma=0.5, lr=0.1, target_epsilon=1.0
+    )
+    spn = 2 * 1.0 / (0.5**2 * 0.1)  # alpha C_LSI / (sigma^2 eta), written out
+    expected = math.ceil(spn * math.log(1.5 * (7 / 6 * 40.0) / 1.0))
+    assert compute_budget(recorded, [1], constants=unset) == expected
+    assert compute_budget(recorded, [1], constants=explicit) == expected
+    other = UnlearningConstants(alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.1, target_epsilon=1.0)
+    assert compute_budget(recorded, [1], constants=other) < expected  # an explicit σ wins
+    from_ledger = UnlearningConstants.from_ledger(recorded, c_lsi=1.0, lr=0.1, target_epsilon=1.0)
+    assert from_ledger == explicit
+    with pytest.raises(LedgerMismatchError, match=r"noise_multiplier.*langevin_sigma"):
+        compute_budget(_ledger([0.5, 40.0]), [1], constants=unset)
+    with pytest.raises(InvalidArgumentError, match="langevin_sigma"):
+        unlearning_steps(1.0, unset)
+
+
 def test_budget_rejects_mismatched_ledgers_and_bad_calls() -> None:
     constants = UnlearningConstants(
-        alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.1, target_epsilon=1.0
+        alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.1, target_epsilon=1.0
     )
     dm = ForgetRetainDataModule(_data(40), [1, 2])
     with pytest.raises(LedgerMismatchError, match="40-example"):
