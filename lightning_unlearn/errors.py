@@ -77,10 +77,6 @@ class NormHooksError(LightningUnlearnError, RuntimeError):
     """
 
 
-class ForgetSetError(LightningUnlearnError, ValueError):
-    """Forget ids are out of range, duplicated, empty or cover the whole data set."""
-
-
 class DatasetNotFoundError(LightningUnlearnError, FileNotFoundError):
     """Data files (such as Fashion-MNIST IDX files) are missing; the message says how to fix it."""
 
@@ -114,6 +110,14 @@ class InvalidArgumentError(LightningUnlearnError, ValueError):
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument of the wrong type (a string or bool for a number): also a ``TypeError``."""
+
+
+class ForgetSetError(InvalidArgumentError):
+    """Forget ids are not integers, out of range, duplicated, empty or cover the whole data set.
+
+    Raised by :func:`~lightning_unlearn.validation.check_forget_ids`, where the ids enter; an
+    :class:`InvalidArgumentError` (and so a ``ValueError``).
+    """
 
 
 class BudgetTooLargeError(LightningUnlearnError, ValueError):

@@ -377,9 +377,14 @@ def forget_set_privacy_loss(
     The bound of THEORY §5 covers one example; for a set, the aggregate is a documented choice.
     ``"max"`` (the default) treats the set as hard as its hardest member.
 
+    The ids are trusted: pass them as
+    :func:`~lightning_unlearn.validation.check_forget_ids` returns them (as
+    :func:`~lightning_unlearn.unlearning.compute_budget` does); they are not converted or
+    range-checked again here.
+
     Args:
         privacy_loss: ``[N]`` per-example losses, e.g. ``ledger.privacy_loss(4 * alpha)``.
-        forget_ids: Integer ids of the forget set.
+        forget_ids: Canonical ids of the forget set (a non-empty 1-D ``torch.long`` tensor).
         reduction: ``"max"``, ``"mean"`` or ``"sum"``.
 
     Returns:
@@ -392,10 +397,9 @@ def forget_set_privacy_loss(
         >>> forget_set_privacy_loss(torch.tensor([1.0, 5.0, 2.0]), torch.tensor([0, 2]))
         tensor(2., dtype=torch.float64)
     """
-    ids = torch.as_tensor(forget_ids, device=privacy_loss.device).reshape(-1)
-    if ids.numel() == 0:
+    if forget_ids.numel() == 0:  # an empty mean or sum would be a silent 0 / NaN
         raise ValueError("Expected a non-empty `forget_ids`, but got an empty tensor.")
-    values = privacy_loss.to(torch.float64)[ids.long()]
+    values = privacy_loss.to(torch.float64)[forget_ids.to(privacy_loss.device)]
     if reduction == "max":
         return values.max()
     if reduction == "mean":
