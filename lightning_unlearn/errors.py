@@ -24,6 +24,7 @@ __all__ = [
     "NormHooksError",
     "OutputWriteError",
     "SampleIdMismatchError",
+    "SamplerRegistrationError",
     "SelfCheckError",
     "UnsupportedLayerError",
     "UnsupportedModuleError",
@@ -110,6 +111,10 @@ class InvalidArgumentError(LightningUnlearnError, ValueError):
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument of the wrong type (a string or bool for a number): also a ``TypeError``."""
+
+
+class SamplerRegistrationError(LightningUnlearnError, RuntimeError):
+    """A second norm sampler was registered for a layer type that already has one."""
 
 
 class ForgetSetError(InvalidArgumentError):

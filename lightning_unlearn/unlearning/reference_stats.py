@@ -30,6 +30,7 @@ from lightning_unlearn.evaluation.functional import (
     tolerance_band,
 )
 from lightning_unlearn.evaluation.functional.adapters import AdapterLike
+from lightning_unlearn.integrity import atomic_write
 from lightning_unlearn.validation import check_forget_ids
 
 __all__ = ["ExampleTargets", "Metric", "ReferenceStatistics", "compute_statistics", "score_model"]
@@ -176,10 +177,9 @@ class ReferenceStatistics:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the tables atomically (``torch.save`` of tensors)."""
-        from lightning_unlearn.unlearning.reference import _atomic_save
-
         payload = {"version": 1, "phi": self.phi, "loss": self.loss, "in_mask": self.in_mask}
-        _atomic_save(payload, Path(path))
+        with atomic_write(Path(path), "wb") as fh:
+            torch.save(payload, fh)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceStatistics:
