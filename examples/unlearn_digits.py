@@ -5,6 +5,8 @@ Run: .venv/bin/python examples/unlearn_digits.py   (about 30 s on 2 CPU cores)
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 
@@ -18,7 +20,8 @@ from lightning_unlearn.unlearning.module import UnlearningModule
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
 
 
-def main() -> None:
+def main() -> dict[str, Any]:
+    """Run the walk-through; returns what it built (for inspection, e.g. by the tests)."""
     torch.set_num_threads(1)  # small models: one thread is fastest, and safe on shared machines
     pl.seed_everything(0)
     dm = DigitsDataModule(batch_size=64)  # batches are (x, y, sample_id)
@@ -57,6 +60,7 @@ def main() -> None:
         print(f"{when}: forget acc {split['forget']['accuracy']:.3f}, "
               f"test acc {split['heldout']['accuracy']:.3f}, "
               f"MIA AUROC {split['forget_mia_auroc']:.3f}")  # fmt: skip
+    return {"monitor": monitor, "frdm": frdm, "unlearner": unlearner, "budget": budget}
 
 
 if __name__ == "__main__":
