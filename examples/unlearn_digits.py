@@ -5,6 +5,8 @@ Run: .venv/bin/python examples/unlearn_digits.py   (about 30 s on 2 CPU cores)
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 
@@ -18,7 +20,8 @@ from lightning_unlearn.unlearning.module import UnlearningModule
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
 
 
-def main() -> None:
+def main() -> dict[str, Any]:
+    """Run the walk-through; returns what it built (for inspection, e.g. by the tests)."""
     torch.set_num_threads(1)  # small models: one thread is fastest, and safe on shared machines
     pl.seed_everything(0)
     dm = DigitsDataModule(batch_size=64)  # batches are (x, y, sample_id)
@@ -38,13 +41,13 @@ def main() -> None:
     frdm = ForgetRetainDataModule(dm.train_dataset, forget_ids, heldout=dm.test_dataset)
 
     # 3. Budget from THEORY §5 (constants are a documented choice), then unlearn with SGLD.
-    constants = UnlearningConstants(alpha=2, c_lsi=0.5, noise_multiplier=1.0, lr=0.05,
+    constants = UnlearningConstants(alpha=2, c_lsi=0.5, langevin_sigma=1.0, lr=0.05,
                                     target_epsilon=1.0)  # fmt: skip
     # `model=` checks that the ledger was recorded with exactly these weights. A budget above
     # one training run (here 200 steps) is refused by default, as retraining would be cheaper;
     # this example allows more to show the bound's value.
     budget = compute_budget(monitor.ledger, frdm, constants=constants, model=model, max_steps=1000)
-    unlearner = UnlearningModule(model, method="sgld", lr=0.05, noise_multiplier=0.01)
+    unlearner = UnlearningModule(model, method="sgld", lr=0.05, sgld_sigma=0.01)
     stopping = LossCalibratedStopping(check_every_n_steps=10, tolerance=0.01)
     pl.Trainer(max_steps=budget, callbacks=[stopping], logger=False, enable_checkpointing=False,
                enable_progress_bar=False).fit(unlearner, datamodule=frdm)  # fmt: skip
@@ -57,6 +60,7 @@ def main() -> None:
         print(f"{when}: forget acc {split['forget']['accuracy']:.3f}, "
               f"test acc {split['heldout']['accuracy']:.3f}, "
               f"MIA AUROC {split['forget_mia_auroc']:.3f}")  # fmt: skip
+    return {"monitor": monitor, "frdm": frdm, "unlearner": unlearner, "budget": budget}
 
 
 if __name__ == "__main__":

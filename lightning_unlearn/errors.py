@@ -24,6 +24,7 @@ __all__ = [
     "NormHooksError",
     "OutputWriteError",
     "SampleIdMismatchError",
+    "SamplerRegistrationError",
     "SelfCheckError",
     "UnsupportedLayerError",
     "UnsupportedModuleError",
@@ -77,10 +78,6 @@ class NormHooksError(LightningUnlearnError, RuntimeError):
     """
 
 
-class ForgetSetError(LightningUnlearnError, ValueError):
-    """Forget ids are out of range, duplicated, empty or cover the whole data set."""
-
-
 class DatasetNotFoundError(LightningUnlearnError, FileNotFoundError):
     """Data files (such as Fashion-MNIST IDX files) are missing; the message says how to fix it."""
 
@@ -114,6 +111,18 @@ class InvalidArgumentError(LightningUnlearnError, ValueError):
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument of the wrong type (a string or bool for a number): also a ``TypeError``."""
+
+
+class SamplerRegistrationError(LightningUnlearnError, RuntimeError):
+    """A second norm sampler was registered for a layer type that already has one."""
+
+
+class ForgetSetError(InvalidArgumentError):
+    """Forget ids are not integers, out of range, duplicated, empty or cover the whole data set.
+
+    Raised by :func:`~lightning_unlearn.validation.check_forget_ids`, where the ids enter; an
+    :class:`InvalidArgumentError` (and so a ``ValueError``).
+    """
 
 
 class BudgetTooLargeError(LightningUnlearnError, ValueError):

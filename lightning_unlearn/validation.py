@@ -4,6 +4,7 @@ Pure (standard library and torch only). Each validator returns the value in its 
 or raises :class:`~lightning_unlearn.errors.InvalidArgumentError` with a one-line message of the
 form "Expected `name` to be ..., but got ...". YAML and JSON values reach them unconverted, so
 they reject what argparse's ``type=`` would never see: ``epochs: 2.7``, ``true`` for an id.
+Forget ids have one validator and converter, :func:`check_forget_ids`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any
 
 import torch
 
-from lightning_unlearn.errors import InvalidArgumentError, InvalidArgumentTypeError
+from lightning_unlearn.errors import ForgetSetError, InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
     "INT64_MAX",
     "check_float",
+    "check_forget_ids",
     "check_int",
     "check_optional",
-    "check_sample_ids",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -93,47 +94,124 @@ def check_optional(name: str, value: Any, check: Any, **kwargs: Any) -> Any:
     return None if value is None else check(name, value, **kwargs)
 
 
-def check_sample_ids(values: Iterable[Any], what: str = "forget ids") -> torch.Tensor:
-    """Integer sample ids as a 1-D ``torch.long`` tensor: where ids enter, they are checked once.
-
-    Accepts Python / numpy integers and decimal strings of integers (text files). Rejects
-    booleans, floats (``1.5``, and ``2.0`` too: an id list holding floats was not written as
-    ids) and values outside int64. Ranges against a data set are checked later
-    (:func:`~lightning_unlearn.data.splits.validate_forget_ids`), where ``N`` is known.
-
-    Args:
-        values: the ids.
-        what: how the ids are named in the message.
-
-    Returns:
-        The ids, in the order given.
-
-    Raises:
-        InvalidArgumentError: a value is not an integer or does not fit in int64.
-
-    Example:
-        >>> check_sample_ids([3, "17", -1]).tolist()
-        [3, 17, -1]
-        >>> check_sample_ids([1.5, 3])  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        lightning_unlearn.errors.InvalidArgumentError: Expected forget ids to be integers, but ...
-    """
-    out: list[int] = []
-    for i, value in enumerate(values):
-        number: int | None = None
+def _id_tensor(forget_ids: Any, name: str) -> torch.Tensor:
+    """The ids as an integer tensor (no range checks): the one conversion."""
+    if isinstance(forget_ids, torch.Tensor) or hasattr(forget_ids, "__array__"):
+        try:
+            ids = torch.as_tensor(forget_ids)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ForgetSetError(
+                f"Expected `{name}` to be integer sample ids, but got "
+                f"{type(forget_ids).__name__} ({err})."
+            ) from None
+        if ids.dtype == torch.bool:
+            raise ForgetSetError(
+                f"Expected `{name}` to be integer sample ids, but got a boolean mask; pass "
+                "`mask.nonzero().flatten()` instead."
+            )
+        if ids.dtype.is_floating_point or ids.dtype.is_complex:
+            raise ForgetSetError(
+                f"Expected `{name}` to be integer sample ids, but got dtype {ids.dtype} (a float "
+                "id list was not written as ids; convert it with `.long()` if it was)."
+            )
+        return ids
+    if isinstance(forget_ids, str | bytes) or not isinstance(forget_ids, Iterable):
+        raise ForgetSetError(
+            f"Expected `{name}` to be a sequence of integer sample ids, but got "
+            f"{type(forget_ids).__name__} {forget_ids!r}."
+        )
+    out: list[Any] = []
+    for i, value in enumerate(forget_ids):
         if _is_int(value):
-            number = int(value)
+            out.append(int(value))
         elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            number = int(value.strip())
-        if number is None:
-            raise InvalidArgumentError(
-                f"Expected {what} to be integers, but item {i} is {value!r} "
+            out.append(int(value.strip()))
+        elif (
+            isinstance(value, torch.Tensor)
+            and value.dim() == 0
+            and not (value.dtype.is_floating_point or value.dtype.is_complex)
+            and value.dtype != torch.bool
+        ):
+            out.append(int(value))  # `list(tensor)` gives 0-d tensors
+        elif isinstance(value, list | tuple):
+            out.append(value)  # nested: reported as not 1-D below
+        else:
+            raise ForgetSetError(
+                f"Expected `{name}` to be integer sample ids, but item {i} is {value!r} "
                 f"({type(value).__name__})."
             )
-        if not -INT64_MAX - 1 <= number <= INT64_MAX:
-            raise InvalidArgumentError(
-                f"Expected {what} to fit in int64, but item {i} is {number}, out of range."
+        if _is_int(out[-1]) and not -INT64_MAX - 1 <= out[-1] <= INT64_MAX:
+            raise ForgetSetError(
+                f"Expected `{name}` to fit in int64, but item {i} is {out[-1]}, out of range."
             )
-        out.append(number)
-    return torch.tensor(out, dtype=torch.long)
+    try:
+        return torch.tensor(out, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ForgetSetError(
+            f"Expected `{name}` to be a 1-D sequence of integer sample ids, but got {err}."
+        ) from None
+
+
+def check_forget_ids(
+    forget_ids: Any, num_samples: int | None = None, *, name: str = "forget_ids"
+) -> torch.Tensor:
+    """Forget ids, checked and converted once, where they enter: the canonical id tensor.
+
+    Library entry points (``ForgetRetainDataModule``, ``compute_budget``,
+    ``forget_privacy_loss``, ``ReferenceStats.targets``, the audit record, the command line's
+    id files) call this once; the functions they hand the result to trust it and do not check
+    or convert again.
+
+    Accepts a sequence of Python / numpy integers or decimal strings of integers (text files),
+    or a 1-D integer tensor / array. Rejects booleans and boolean masks, floats (``1.5``, and
+    ``2.0`` too: an id list holding floats was not written as ids), values outside int64,
+    nested lists, an empty set, duplicates and (when ``num_samples`` is given) ids outside
+    ``[0, N)``.
+
+    Args:
+        forget_ids: the ids.
+        num_samples: the size ``N`` of the training set the ids index (valid ids are
+            ``[0, N)``); ``None`` where ``N`` is not known yet (a file of ids read before the
+            data set): the range is then checked by the entry point that knows ``N``.
+        name: how the ids are named in messages.
+
+    Returns:
+        The ids as a sorted, duplicate-free, 1-D ``torch.long`` tensor on the CPU.
+
+    Raises:
+        ForgetSetError: any of the above; the message names the offending ids and the fix.
+
+    Example:
+        >>> check_forget_ids([4, "1"], num_samples=10).tolist()
+        [1, 4]
+        >>> check_forget_ids([1, 1], num_samples=10)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_unlearn.errors.ForgetSetError: Expected unique forget ids, but got ...
+    """
+    ids = _id_tensor(forget_ids, name)
+    if ids.numel() == 0:
+        raise ForgetSetError(
+            f"Expected at least one forget id in `{name}`, but got an empty forget set; there is "
+            "nothing to unlearn."
+        )
+    if ids.dim() != 1:
+        raise ForgetSetError(
+            f"Expected `{name}` to be a 1-D sequence of integer sample ids, but got shape "
+            f"{tuple(ids.shape)}."
+        )
+    ids = ids.long().cpu()
+    bad = ids[(ids < 0) | (ids >= num_samples)] if num_samples is not None else ids[:0]
+    if bad.numel():
+        raise ForgetSetError(
+            f"Expected forget ids in [0, {num_samples}) (the ids of the original training set), "
+            f"but got {bad[:10].tolist()}; use the ids of the privacy ledger (positions in the "
+            "training DataLoader's dataset)."
+        )
+    ids, counts = torch.unique(ids, sorted=True, return_counts=True)
+    if bool((counts > 1).any()):
+        dup = ids[counts > 1][:10].tolist()
+        raise ForgetSetError(
+            f"Expected unique forget ids, but got duplicates {dup}; pass each id once."
+        )
+    return ids

@@ -1,4 +1,4 @@
-"""Atomic writes, stale temporaries, hashes and the value validators."""
+"""Atomic writes, stale temporaries and hashes (the validators: tests/test_validation.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_unlearn.errors import IntegrityError, InvalidArgumentError
+from lightning_unlearn.errors import IntegrityError
 from lightning_unlearn.integrity import (
     architecture_fingerprint,
     atomic_write,
@@ -18,7 +18,6 @@ from lightning_unlearn.integrity import (
     save_verified,
     tensors_sha256,
 )
-from lightning_unlearn.validation import check_float, check_int, check_sample_ids
 
 
 def test_a_failing_write_keeps_the_previous_file_and_no_temporary(tmp_path: Path) -> None:
@@ -74,22 +73,3 @@ def test_verified_checkpoints_round_trip_and_refuse_edits(tmp_path: Path) -> Non
     torch.save({"state_dict": {"w": torch.ones(3)}}, tmp_path / "plain.ckpt")
     with pytest.raises(IntegrityError, match="no 'lightning_unlearn_sha256'"):
         load_verified(tmp_path / "plain.ckpt")
-
-
-@pytest.mark.parametrize("value", [0, -1, 2.5, 2.0, True, "3", None])
-def test_check_int_rejects(value: object) -> None:
-    with pytest.raises(InvalidArgumentError, match="`n` to be an integer >= 1"):
-        check_int("n", value)
-
-
-@pytest.mark.parametrize("value", [0.0, -1.0, float("inf"), float("nan"), False, "1"])
-def test_check_float_rejects(value: object) -> None:
-    with pytest.raises(InvalidArgumentError, match="`lr` to be a finite number"):
-        check_float("lr", value)
-
-
-def test_check_sample_ids() -> None:
-    assert check_sample_ids([1, "2", " -3 "]).tolist() == [1, 2, -3]
-    for bad, match in ((True, "bool"), (1.0, "float"), (2**63, "int64"), ("x", "str")):
-        with pytest.raises(InvalidArgumentError, match=match):
-            check_sample_ids([0, bad])

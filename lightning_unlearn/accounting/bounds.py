@@ -11,13 +11,17 @@ measured steps-to-unlearn with ``fit_step_model``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
+from lightning_unlearn.errors import InvalidArgumentError, LedgerMismatchError
 from lightning_unlearn.validation import check_float, check_int
+
+if TYPE_CHECKING:
+    from lightning_unlearn.accounting.ledger import PrivacyLedger
 
 __all__ = [
     "StepModel",
@@ -49,8 +53,17 @@ class UnlearningConstants:
         alpha: Rényi order ``alpha >= 2`` of the unlearning guarantee; the bound uses the
             training loss at order ``4 * alpha`` (see ``privacy_order``).
         c_lsi: Log-Sobolev constant ``C_LSI > 0`` of the retain set's stationary law.
-        noise_multiplier: ``sigma > 0`` of the Langevin noise during unlearning.
         lr: Step size ``eta > 0`` of unlearning.
+        langevin_sigma: ``sigma > 0`` of the Langevin noise of unlearning (THEORY §1's SGLD
+            convention, the ``sgld_sigma`` unlearning runs at), or ``None``: the σ of the
+            training run its ledger recorded (``ledger.metadata["noise_multiplier"]``), filled in
+            by :meth:`from_ledger` / :meth:`resolve` and by
+            :func:`~lightning_unlearn.unlearning.compute_budget`. THEORY §5 reads unlearning as
+            the *continuation* of the noisy training process on the retain set, so by default it
+            continues at the training run's σ (in the ledger's convention: with
+            ``convention="sgld"`` that is the same Langevin σ; with ``"dpsgd"`` / ``"nominal"``
+            it is the nominal σ of the run, and the bound, whose constants are user-given, is
+            read at it). Pass it to unlearn at another σ.
         d0: ``D0 = D_{4alpha-1}(rho'_T || nu') >= 0``: how far retraining is from stationarity.
         d_irr: ``D_irr = D_{2alpha-1}(nu' || rho'_T) >= 0``, the irreducible term.
         target_epsilon: Target Rényi divergence ``epsilon > d_irr``.
@@ -58,20 +71,33 @@ class UnlearningConstants:
     Raises:
         ValueError: If a constant is out of range (in particular ``target_epsilon <= d_irr``,
             for which no number of steps suffices).
+
+    Example:
+        >>> from lightning_unlearn.accounting import PrivacyLedger
+        >>> ledger = PrivacyLedger(4, metadata={"noise_multiplier": 2.0})
+        >>> c = UnlearningConstants(alpha=2, c_lsi=1.0, lr=0.1, target_epsilon=1.0)
+        >>> c.resolve(ledger).langevin_sigma
+        2.0
+        >>> c.steps_per_nat  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_unlearn.errors.InvalidArgumentError: Expected `langevin_sigma` ...
     """
 
     alpha: int
     c_lsi: float
-    noise_multiplier: float
     lr: float
+    langevin_sigma: float | None = None
     d0: float = 0.0
     d_irr: float = 0.0
     target_epsilon: float
 
     def __post_init__(self) -> None:
         check_int("alpha", self.alpha, minimum=2)
-        for name in ("c_lsi", "noise_multiplier", "lr", "target_epsilon"):
+        for name in ("c_lsi", "lr", "target_epsilon"):
             _real(name, getattr(self, name), positive=True)
+        if self.langevin_sigma is not None:
+            _real("langevin_sigma", self.langevin_sigma, positive=True)
         for name in ("d0", "d_irr"):
             _real(name, getattr(self, name), positive=False)
         if self.target_epsilon <= self.d_irr:
@@ -81,6 +107,79 @@ class UnlearningConstants:
                 f"irreducible distance of retraining from stationarity (THEORY §5)."
             )
 
+    @classmethod
+    def from_ledger(
+        cls,
+        ledger: PrivacyLedger,
+        *,
+        c_lsi: float,
+        lr: float,
+        target_epsilon: float,
+        alpha: int = 2,
+        d0: float = 0.0,
+        d_irr: float = 0.0,
+        langevin_sigma: float | None = None,
+    ) -> UnlearningConstants:
+        """The bound's constants with ``langevin_sigma`` defaulting to the ledger's training σ.
+
+        THEORY §5: unlearning continues the noisy process of training on the retain set, so
+        the σ of the bound is by default the ``noise_multiplier`` the training run's ledger
+        recorded (see the class's ``langevin_sigma``).
+
+        Args:
+            ledger: the training run's ledger.
+            c_lsi: ``C_LSI > 0``.
+            lr: unlearning step size ``eta > 0``.
+            target_epsilon: the target divergence.
+            alpha: the Rényi order of the guarantee.
+            d0: ``D0 >= 0``.
+            d_irr: ``D_irr >= 0``.
+            langevin_sigma: an explicit σ (wins over the ledger's).
+
+        Returns:
+            The constants, ``langevin_sigma`` set.
+
+        Raises:
+            LedgerMismatchError: ``langevin_sigma`` is None and the ledger records no σ.
+        """
+        constants = cls(
+            alpha=alpha,
+            c_lsi=c_lsi,
+            lr=lr,
+            d0=d0,
+            d_irr=d_irr,
+            target_epsilon=target_epsilon,
+            langevin_sigma=langevin_sigma,
+        )
+        return constants.resolve(ledger)
+
+    def resolve(self, ledger: PrivacyLedger) -> UnlearningConstants:
+        """These constants, with ``langevin_sigma`` from ``ledger`` if it is None.
+
+        Raises:
+            LedgerMismatchError: ``langevin_sigma`` is None and the ledger records no valid σ.
+        """
+        if self.langevin_sigma is not None:
+            return self
+        recorded = ledger.metadata.get("noise_multiplier")
+        if recorded is None:
+            raise LedgerMismatchError(
+                "Expected the ledger's metadata to record the training run's `noise_multiplier` "
+                "(the default `langevin_sigma` of the THEORY §5 bound), but it has none; pass "
+                "`langevin_sigma=` to UnlearningConstants."
+            )
+        return replace(self, langevin_sigma=_real("langevin_sigma", recorded, positive=True))
+
+    def _sigma(self) -> float:
+        if self.langevin_sigma is None:
+            raise InvalidArgumentError(
+                "Expected `langevin_sigma` of the THEORY §5 bound to be a number > 0, but got "
+                "None; pass it, or let the training run's ledger provide it: "
+                "`UnlearningConstants.from_ledger(ledger, ...)`, `constants.resolve(ledger)`, "
+                "or `compute_budget(ledger, ..., constants=constants)`."
+            )
+        return self.langevin_sigma
+
     @property
     def privacy_order(self) -> int:
         """The order ``4 * alpha`` at which the training loss ``P`` enters the bound."""
@@ -89,7 +188,7 @@ class UnlearningConstants:
     @property
     def steps_per_nat(self) -> float:
         r"""``alpha C_LSI / (sigma^2 eta)``: steps per unit of ``log`` divergence (slope ``a``)."""
-        return self.alpha * self.c_lsi / (self.noise_multiplier**2 * self.lr)
+        return self.alpha * self.c_lsi / (self._sigma() ** 2 * self.lr)
 
     def step_model(self) -> StepModel:
         r"""The bound as an affine model ``k = a log P + b`` (exact when ``d0 = 0``).
@@ -105,7 +204,7 @@ class UnlearningConstants:
             ValueError: If ``d0 != 0`` (the bound is then not affine in ``log P``).
 
         Example:
-            >>> c = UnlearningConstants(alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.1,
+            >>> c = UnlearningConstants(alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.1,
             ...                         target_epsilon=1.0)
             >>> m = c.step_model()
             >>> round(m.a, 6), round(m.b, 4)
@@ -137,16 +236,18 @@ def unlearning_steps(privacy_loss_4alpha: Tensor | float, constants: UnlearningC
     Args:
         privacy_loss_4alpha: ``P(x, 4 alpha) >= 0`` per example (or one number), e.g.
             ``ledger.privacy_loss(constants.privacy_order)``.
-        constants: The bound's constants.
+        constants: The bound's constants (``langevin_sigma`` set, or resolved from the
+            ledger: :meth:`UnlearningConstants.resolve`).
 
     Returns:
         Int64 tensor of the same shape (non-decreasing in ``P``), on the input's device.
 
     Raises:
         ValueError: If a loss is negative or NaN.
+        InvalidArgumentError: ``constants.langevin_sigma`` is None.
 
     Example:
-        >>> c = UnlearningConstants(alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.1,
+        >>> c = UnlearningConstants(alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.1,
         ...                         target_epsilon=1.0)
         >>> unlearning_steps(torch.tensor([0.0, 1.0, 100.0]), c)
         tensor([  0,  12, 104])
@@ -276,9 +377,14 @@ def forget_set_privacy_loss(
     The bound of THEORY §5 covers one example; for a set, the aggregate is a documented choice.
     ``"max"`` (the default) treats the set as hard as its hardest member.
 
+    The ids are trusted: pass them as
+    :func:`~lightning_unlearn.validation.check_forget_ids` returns them (as
+    :func:`~lightning_unlearn.unlearning.compute_budget` does); they are not converted or
+    range-checked again here.
+
     Args:
         privacy_loss: ``[N]`` per-example losses, e.g. ``ledger.privacy_loss(4 * alpha)``.
-        forget_ids: Integer ids of the forget set.
+        forget_ids: Canonical ids of the forget set (a non-empty 1-D ``torch.long`` tensor).
         reduction: ``"max"``, ``"mean"`` or ``"sum"``.
 
     Returns:
@@ -291,10 +397,9 @@ def forget_set_privacy_loss(
         >>> forget_set_privacy_loss(torch.tensor([1.0, 5.0, 2.0]), torch.tensor([0, 2]))
         tensor(2., dtype=torch.float64)
     """
-    ids = torch.as_tensor(forget_ids, device=privacy_loss.device).reshape(-1)
-    if ids.numel() == 0:
+    if forget_ids.numel() == 0:  # an empty mean or sum would be a silent 0 / NaN
         raise ValueError("Expected a non-empty `forget_ids`, but got an empty tensor.")
-    values = privacy_loss.to(torch.float64)[ids.long()]
+    values = privacy_loss.to(torch.float64)[forget_ids.to(privacy_loss.device)]
     if reduction == "max":
         return values.max()
     if reduction == "mean":

@@ -44,7 +44,7 @@ from lightning_unlearn.data.sampler_ids import (
 )
 from lightning_unlearn.errors import MissingSampleIdError, SampleIdMismatchError
 
-__all__ = ["SampleIdSource"]
+__all__ = ["SampleIdSource", "check_id_range"]
 
 _FIXES = (
     "Either use a map-style dataset with a standard (batch) sampler, from which the monitor "
@@ -220,3 +220,19 @@ class SampleIdSource:
                 "monitor uses the sampler's ids."
             )
         self._checked = True
+
+
+def check_id_range(ids: Tensor, n: int) -> None:
+    """Ids of a batch index the ledger (one host sync: on the first batch, or ids on the CPU).
+
+    Raises:
+        ValueError: an id outside ``[0, n)``, naming the range seen and the fix.
+    """
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise ValueError(
+            f"Expected sample ids in [0, {n}) (the ledger's size: `num_samples`, default "
+            f"the size of the training DataLoader's dataset), but got ids in "
+            f"[{int(ids.min())}, {int(ids.max())}]. Ids carried by the batch must index "
+            "that dataset (or the `IndexedDataset` beneath its `Subset` layers); pass "
+            "`num_samples=` the size of the set your ids index."
+        )

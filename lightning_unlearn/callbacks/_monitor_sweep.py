@@ -19,15 +19,102 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from lightning_unlearn.accounting import PrivacyLedger
-from lightning_unlearn.callbacks._monitor_utils import TrainData, silenced_logging
+from lightning_unlearn.callbacks._monitor_logging import silenced_logging
+from lightning_unlearn.callbacks._run_plan import TrainData
 from lightning_unlearn.data.indexed import get_sample_ids
 from lightning_unlearn.errors import MissingSampleIdError
 from lightning_unlearn.grad_norms import NormHooks
 
-__all__ = ["SweepLoss", "run_sweep"]
+__all__ = ["SweepEstimator", "SweepLoss", "default_sweep_loss", "run_sweep"]
 
 SweepLoss = Callable[[pl.LightningModule, Any, int], Tensor]
 """``(pl_module, batch, batch_idx) -> loss`` of one sweep batch (the monitor's ``sweep_loss``)."""
+
+
+def default_sweep_loss(pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:
+    """``training_step``'s loss (its return value, or its ``"loss"``) on a sweep batch.
+
+    Raises:
+        ValueError: ``training_step`` returned no tensor loss.
+    """
+    out = pl_module.training_step(batch, batch_idx)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, Tensor):
+        raise ValueError(
+            "Expected `training_step` to return the loss (a tensor or a dict with 'loss') for "
+            f"the sweep, but got {type(out).__name__}; override `sweep_loss`."
+        )
+    return loss
+
+
+class SweepEstimator:
+    """The sweep estimator's schedule: every ``every`` optimizer steps, and the rest at the end.
+
+    Its state is the step of the last sweep (:attr:`last`, saved in the monitor's checkpoint
+    state); everything a sweep reads is passed to :meth:`run`.
+
+    Args:
+        every: the sweep period K in optimizer steps.
+        track_ids: the ids to sweep (default: every id of the ledger).
+
+    Example:
+        >>> sweeps = SweepEstimator(every=10)
+        >>> sweeps.due(9), sweeps.due(10), sweeps.left(0)
+        (False, True, False)
+    """
+
+    def __init__(self, every: int, track_ids: Tensor | None = None) -> None:
+        self.every = every
+        self.track_ids = track_ids
+        self.last = 0
+
+    def due(self, steps: int) -> bool:
+        """Whether ``steps`` optimizer steps call for a periodic sweep."""
+        return steps - self.last >= self.every
+
+    def left(self, steps: int) -> bool:
+        """Whether steps since the last sweep remain (the end-of-training sweep)."""
+        return steps > self.last
+
+    def run(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        hooks: NormHooks,
+        data: TrainData | None,
+        target: PrivacyLedger,
+        steps: int,
+        *,
+        sweep_loss: SweepLoss,
+        step_loss: Callable[[Tensor], Tensor],
+        check_norms: Callable[[Tensor, Tensor], None],
+        sample_id_fn: Callable[[Any], Tensor] | None,
+    ) -> None:
+        """Sweep the tracked ids at ``steps``: each gets ``(steps - last) * eps`` (THEORY §3).
+
+        Raises:
+            ValueError: ``data`` is None (no single map-style training DataLoader to sweep).
+        """
+        if data is None:
+            raise ValueError(
+                "Expected a single map-style training DataLoader for `estimator='sweep'`, but "
+                "got another kind of training data; use `estimator='online'`."
+            )
+        tracked = self.track_ids if self.track_ids is not None else torch.arange(target.num_samples)
+        run_sweep(
+            trainer,
+            pl_module,
+            hooks,
+            data,
+            tracked,
+            target,
+            steps - self.last,
+            sweep_loss=sweep_loss,
+            step_loss=step_loss,
+            check_norms=check_norms,
+            sample_id_fn=sample_id_fn,
+        )
+        self.last = steps
 
 
 def run_sweep(

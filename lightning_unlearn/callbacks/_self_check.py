@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -54,13 +54,38 @@ from lightning_unlearn.callbacks._isolation import (
     slice_example,
     stubbed,
 )
-from lightning_unlearn.callbacks._loss_weights import loss_weights_of, undo_loss_weights
+from lightning_unlearn.callbacks._loss_weights import (
+    LossWeights,
+    loss_weights_of,
+    undo_loss_weights,
+)
 from lightning_unlearn.errors import SelfCheckError
+from lightning_unlearn.grad_norms import NormHooks
 
-if TYPE_CHECKING:
-    from lightning_unlearn.callbacks.privacy_monitor import PerInstancePrivacyMonitor
+__all__ = ["SelfCheckInputs", "SelfCheckResult", "default_self_check_loss", "run_self_check"]
 
-__all__ = ["SelfCheckResult", "default_self_check_loss", "run_self_check"]
+CheckLoss = Callable[[pl.LightningModule, Any, int], Tensor]
+"""``(pl_module, batch, batch_idx) -> loss`` of one check pass (``self_check_loss``)."""
+
+
+@dataclass(frozen=True)
+class SelfCheckInputs:
+    """What the self-check needs from the monitor, passed explicitly.
+
+    Attributes:
+        hooks: the attached norm hooks (detached for the reference, then re-attached).
+        attach_hooks: ``pl_module -> NormHooks``: attaches the hooks again, as the monitor did,
+            and records them where the monitor keeps its hooks.
+        loss: the loss of one pass (``monitor.self_check_loss``).
+        loss_reduction: how the loss weights the examples (``monitor``'s ``loss_reduction``).
+        samples: how many examples of the batch to check.
+    """
+
+    hooks: NormHooks
+    attach_hooks: Callable[[pl.LightningModule], NormHooks]
+    loss: CheckLoss
+    loss_reduction: LossWeights
+    samples: int
 
 
 @dataclass(frozen=True)
@@ -144,7 +169,7 @@ def _grad_sq(loss: Tensor, named: Sequence[tuple[str, nn.Parameter]]) -> Tensor:
 
 
 def run_self_check(
-    monitor: PerInstancePrivacyMonitor,
+    inputs: SelfCheckInputs,
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
     batch: Any,
@@ -153,6 +178,10 @@ def run_self_check(
 ) -> SelfCheckResult | None:
     """Compare the engine's norms with the batch-of-one reference on the first batch.
 
+    The reference runs without hooks: ``inputs.hooks`` are detached for it and
+    ``inputs.attach_hooks`` attaches new ones afterwards (also on an exception), so the caller
+    records the new hooks there.
+
     Returns:
         The result, or None when the check does not apply (parameters excluded from the norm
         with ``exclude_unsupported``: the norms are approximate by construction).
@@ -160,9 +189,7 @@ def run_self_check(
     Raises:
         SelfCheckError: engine and reference disagree beyond the tolerance (on any rank).
     """
-    hooks = monitor._hooks
-    if hooks is None:
-        return None
+    hooks = inputs.hooks
     if hooks.excluded_parameter_names:
         rank_zero_warn(
             "The first-step self-check is skipped: parameters are excluded from the norm "
@@ -171,7 +198,7 @@ def run_self_check(
         return None
     start = time.perf_counter()
     batch_size = int(sample_ids.shape[0])
-    positions = _positions(batch_size, monitor.self_check_samples)
+    positions = _positions(batch_size, inputs.samples)
     named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
     device = pl_module.device
     forks = [] if device.type == "cpu" else [device.index or 0]
@@ -187,10 +214,10 @@ def run_self_check(
     ):
         try:
             with module_state_restored(pl_module), trainer.precision_plugin.train_step_context():
-                loss = monitor.self_check_loss(pl_module, batch, batch_idx)
+                loss = inputs.loss(pl_module, batch, batch_idx)
                 torch.autograd.grad(loss, hooks.parameters, allow_unused=True)
             raw = hooks.per_sample_norms()
-            weights = loss_weights_of(monitor.loss_reduction, batch)
+            weights = loss_weights_of(inputs.loss_reduction, batch)
             engine_norms = undo_loss_weights(raw, weights)
         finally:
             hooks.clear()
@@ -205,13 +232,13 @@ def run_self_check(
                     module_state_restored(pl_module),
                     trainer.precision_plugin.train_step_context(),
                 ):
-                    loss = monitor.self_check_loss(pl_module, one, batch_idx)
+                    loss = inputs.loss(pl_module, one, batch_idx)
                     sq = _grad_sq(loss, named)
-                w = loss_weights_of(monitor.loss_reduction, one)
+                w = loss_weights_of(inputs.loss_reduction, one)
                 scale = 1.0 if w is None else float(w.sum())
                 per_param.append(sq / (scale * scale) if scale > 0 else sq * 0.0)
         finally:
-            monitor._hooks = monitor._attach_hooks(pl_module)
+            inputs.attach_hooks(pl_module)
     engine = engine_norms.detach()[positions].to(device="cpu", dtype=torch.float64)
     table = torch.stack(per_param).cpu()  # [k, P] squared per-parameter norms
     reference = table.sum(1).sqrt()

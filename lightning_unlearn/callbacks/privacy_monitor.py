@@ -20,6 +20,15 @@ Per backward pass (automatic or manual optimisation) the monitor:
    tracked examples every ``sweep_every`` optimizer steps and adds ``sweep_every * eps``.
 
 Nothing in this path synchronises with the device.
+
+The callback is the sequence of Lightning hooks; its parts are small objects with explicit
+inputs: :class:`~lightning_unlearn.callbacks._monitor_config.MonitorConfig` (the options,
+validated), :class:`~lightning_unlearn.callbacks._online.OnlineEstimator` (the step buffer and
+its flush), :class:`~lightning_unlearn.callbacks._monitor_sweep.SweepEstimator`,
+:class:`~lightning_unlearn.accounting.WorstCaseAccountant`, the DDP reduction and the non-finite
+flag (``_ddp``), the loggers' summaries (``_monitor_logging``) and the first-step self-check
+(``_self_check``, given what it needs as :class:`~lightning_unlearn.callbacks._self_check.
+SelfCheckInputs`).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -42,17 +51,14 @@ from typing_extensions import override
 from lightning_unlearn.accounting import (
     DEFAULT_ALPHAS,
     Convention,
-    NoiseConfig,
     PrivacyLedger,
     WorstCaseAccountant,
     per_step_rdp,
-    step_rdp_in_pieces,
-    validate_alphas,
 )
+from lightning_unlearn.callbacks._ddp import NonFiniteFlag, reduce_ledger_into
 from lightning_unlearn.callbacks._loss_weights import (
     LossWeights,
     check_loss_weights,
-    describe,
     engine_reduction,
     loss_weights_of,
     undo_loss_weights,
@@ -60,31 +66,31 @@ from lightning_unlearn.callbacks._loss_weights import (
 from lightning_unlearn.callbacks._monitor_config import (
     MONITOR_STATE_VERSION,
     Estimator,
-    check_arguments,
+    MonitorConfig,
     check_resume,
     check_state_version,
 )
-from lightning_unlearn.callbacks._monitor_ids import SampleIdSource
-from lightning_unlearn.callbacks._monitor_sweep import run_sweep
-from lightning_unlearn.callbacks._monitor_utils import (
-    StepBuffer,
-    epoch_metrics,
+from lightning_unlearn.callbacks._monitor_ids import SampleIdSource, check_id_range
+from lightning_unlearn.callbacks._monitor_logging import log_epoch, report_mask
+from lightning_unlearn.callbacks._monitor_sweep import SweepEstimator, default_sweep_loss
+from lightning_unlearn.callbacks._online import OnlineEstimator, tracked_mask
+from lightning_unlearn.callbacks._run_plan import (
+    RunPlan,
+    check_norm_count,
+    check_one_backward,
     find_train_data,
-    nonfinite_error,
     plan_run,
-    reduce_ledger_into,
-    update_in_step_order,
-    write_histograms,
+    recording_metadata,
+    undo_trainer_scaling,
 )
 from lightning_unlearn.callbacks._self_check import (
+    SelfCheckInputs,
     SelfCheckResult,
     default_self_check_loss,
     run_self_check,
 )
-from lightning_unlearn.data.fingerprint import dataset_fingerprint
-from lightning_unlearn.errors import MultipleBackwardError
 from lightning_unlearn.grad_norms import GradSampleMode, NormHooks, attach_norm_hooks
-from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
+from lightning_unlearn.integrity import tensors_sha256
 
 __all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]
 
@@ -109,6 +115,11 @@ class PerInstancePrivacyMonitor(Callback):
     at the end of training, so every rank then holds the full ledger. ``DistributedSampler``
     pads the last round of an epoch by repeating examples: those examples really are trained on
     twice in that epoch (their gradients enter two ranks' batches), and are counted twice.
+
+    The keyword arguments are flat, typed and validated in ``__init__`` (so a LightningCLI YAML
+    names them as ``trainer.callbacks`` ``init_args``); in Python the same options can be built
+    once as a :class:`~lightning_unlearn.callbacks.MonitorConfig` and passed to
+    :meth:`from_config`. The options are kept in :attr:`config`.
 
     Args:
         noise_multiplier: ``sigma`` of the noise convention (THEORY §1). For ``"nominal"`` it is
@@ -183,6 +194,9 @@ class PerInstancePrivacyMonitor(Callback):
         ...                                     convention="dpsgd")
         >>> monitor.state_key
         'PerInstancePrivacyMonitor'
+        >>> same = PerInstancePrivacyMonitor.from_config(monitor.config)
+        >>> same.config.noise == monitor.config.noise
+        True
     """
 
     def __init__(
@@ -210,69 +224,36 @@ class PerInstancePrivacyMonitor(Callback):
         self_check: bool = True,
         self_check_samples: int = 4,
     ) -> None:
-        self.noise = NoiseConfig(convention, float(noise_multiplier), max_grad_norm)
-        self.alphas = validate_alphas(alphas)
-        check_arguments(
-            sample_rate=sample_rate,
-            estimator=estimator,
-            sweep_every=sweep_every,
-            grad_sample_mode=grad_sample_mode,
-            loss_reduction=loss_reduction,
-            delta=delta,
-            num_samples=num_samples,
-            flush_every=flush_every,
-        )
-        if not isinstance(self_check_samples, int) or self_check_samples < 1:
-            raise ValueError(
-                f"Expected `self_check_samples` to be an integer >= 1, but got "
-                f"{self_check_samples!r}."
-            )
-        self.sample_rate = None if sample_rate is None else float(sample_rate)
-        self.estimator: Estimator = estimator
-        self.sweep_every = sweep_every
-        self.track_ids = None if track_ids is None else torch.as_tensor(track_ids).long().unique()
-        self.grad_sample_mode: GradSampleMode = grad_sample_mode
-        self.delta = float(delta)
-        self.save_dir = None if save_dir is None else Path(save_dir)
-        self.sample_id_fn = sample_id_fn
-        self._state_key = state_key or type(self).__name__
-        self.loss_reduction: LossWeights = loss_reduction
-        self.num_samples = num_samples
-        self.exclude_unsupported = exclude_unsupported
-        if isinstance(exclude, str) or not all(isinstance(n, str) for n in exclude):
-            raise ValueError(
-                f"Expected `exclude` to be a sequence of qualified parameter names, but got "
-                f"{exclude!r}."
-            )
-        self.exclude = tuple(exclude)
-        self.log_histograms = log_histograms
-        self.flush_every = flush_every
-        self.self_check = bool(self_check)
-        self.self_check_samples = self_check_samples
+        options = {k: v for k, v in locals().items() if k != "self"}  # every argument
+        self._setup(MonitorConfig(**options))
+
+    @classmethod
+    def from_config(cls, config: MonitorConfig) -> PerInstancePrivacyMonitor:
+        """A monitor with the options of ``config`` (the same as its flat keyword arguments)."""
+        return cls(**config.options())
+
+    def _setup(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.noise, self.alphas = config.noise, tuple(config.alphas)
+        self._track_ids = cast("Tensor | None", config.track_ids)  # normalised by the config
+        self._state_key = config.state_key or type(self).__name__
         self.self_check_result: SelfCheckResult | None = None
         self._self_check_pending = False
         self._weights: Tensor | None = None  # per-example loss weights of the current batch
         self._backwards = 0  # backward passes since the batch started or the optimizer stepped
-
         self._ledger: PrivacyLedger | None = None
         self._pending: PrivacyLedger | None = None  # per-rank additions since the last reduction
         self._hooks: NormHooks | None = None
         self._loaded_state: dict[str, Any] | None = None
         self._ids: Tensor | None = None
-        self._tracked: Tensor | None = None  # [N] bool on the device
-        self._nonfinite: Tensor | None = None  # device flag, checked at epoch end
-        self._data: Any = None
-        self._q = 1.0
-        self._global_batch = 1
-        self._accum = 1
-        self._world_size = 1
+        self._nonfinite: NonFiniteFlag | None = None  # checked at epoch end and checkpoints
+        self._plan = RunPlan(None, 0, 1, 1, 1.0)  # this fit's N, q and global batch
         self._steps = 0
-        self._last_sweep = 0
-        self._worst = WorstCaseAccountant(self.noise, self.alphas)
         self._first_batch = True
-        self._buffer = StepBuffer()  # steps not yet added to the ledger (`_flush`)
-        self._custom_step_loss = False  # `per_step_loss` overridden: buffer losses, not ratios
-        self._id_source = SampleIdSource(sample_id_fn)  # explicit ids, else the sampler's
+        self._worst = WorstCaseAccountant(self.noise, self.alphas)
+        self._online = OnlineEstimator(self.alphas, config.flush_every)  # steps not yet added
+        self._sweeps = SweepEstimator(config.sweep_every, self._track_ids)
+        self._id_source = SampleIdSource(config.sample_id_fn)  # explicit ids, else the sampler's
 
     # ------------------------------------------------------------------ public
     @property
@@ -308,65 +289,44 @@ class PerInstancePrivacyMonitor(Callback):
     def worst_case_epsilon(self) -> float | None:
         """Data-independent epsilon at ``delta`` of the steps so far (THEORY §4), or None
         without clipping. With clipping every per-instance epsilon is at most this value."""
-        return self._worst.epsilon(self.delta)
+        return self._worst.epsilon(self.config.delta)
 
     # ------------------------------------------------------------------ lifecycle
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._hooks = self._attach_hooks(pl_module)
+        self._attach_hooks(pl_module)
         self._id_source.install(trainer)  # before Lightning iterates the training loader
 
     def _attach_hooks(self, pl_module: pl.LightningModule) -> NormHooks:
-        return attach_norm_hooks(
+        config = self.config
+        self._hooks = attach_norm_hooks(
             pl_module,
-            self.grad_sample_mode,
-            loss_reduction=engine_reduction(self.loss_reduction),
-            exclude_unsupported=self.exclude_unsupported,
-            exclude=self.exclude,
+            config.grad_sample_mode,
+            loss_reduction=engine_reduction(config.loss_reduction),
+            exclude_unsupported=config.exclude_unsupported,
+            exclude=config.exclude,
         )
+        return self._hooks
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()  # nothing should be left, but never carry steps into another ledger
-        method = getattr(self.per_step_loss, "__func__", None)
-        self._custom_step_loss = method is not PerInstancePrivacyMonitor.per_step_loss
+        config, device = self.config, pl_module.device
         loader_data = find_train_data(trainer)
         id_data, id_size = self._id_source.id_space(
             loader_data.dataset if loader_data is not None else None
         )
         plan = plan_run(
-            trainer, pl_module.automatic_optimization, self.num_samples, self.sample_rate, id_size
+            trainer,
+            pl_module.automatic_optimization,
+            config.num_samples,
+            config.sample_rate,
+            id_size,
         )
-        n = plan.num_samples
-        self._data = (
-            plan.data
-            if id_size is None or plan.data is None
-            else replace(plan.data, dataset=id_data, num_samples=id_size)
-        )
-        self._accum, self._global_batch, self._q = (
-            plan.accumulate,
-            plan.global_batch,
-            plan.sample_rate,
-        )
-        self._world_size = trainer.world_size
-        device = pl_module.device
-        metadata = {
-            "num_samples": n,
-            "dataset_fingerprint": (
-                dataset_fingerprint(self._data.dataset, n) if self._data is not None else None
-            ),
-            # The recording configuration `unlearn` checks (lightning_unlearn.integrity).
-            "model_fingerprint": architecture_fingerprint(pl_module),
-            "batch_size": plan.global_batch,
-            "noise_multiplier": self.noise.noise_multiplier,
-            "max_grad_norm": self.noise.max_grad_norm,
-            "estimator": self.estimator,
-            "sample_rate": self._q,
-            "loss_reduction": describe(self.loss_reduction),
-            "grad_sample_mode": self.grad_sample_mode,
-            "world_size": trainer.world_size,
-            "delta": self.delta,
-        }
+        if id_size is not None and plan.data is not None:
+            plan = replace(plan, data=replace(plan.data, dataset=id_data, num_samples=id_size))
+        self._plan, n = plan, plan.num_samples
+        metadata = recording_metadata(plan, config, pl_module, trainer.world_size)
         old = self._ledger
         self._ledger = PrivacyLedger(
             n, self.alphas, self.noise.convention, device=device, metadata=metadata
@@ -383,16 +343,15 @@ class PerInstancePrivacyMonitor(Callback):
             if trainer.world_size > 1
             else None
         )
-        self._tracked = None
-        if self.track_ids is not None:
-            ids = self.track_ids
-            if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= n:
-                raise ValueError(f"Expected `track_ids` to be non-empty ids in [0, {n}).")
-            self._tracked = torch.zeros(n, dtype=torch.bool, device=device)
-            self._tracked[ids.to(device)] = True
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        method = getattr(self.per_step_loss, "__func__", None)
+        self._online.start(
+            sample_rate=plan.sample_rate,
+            tracked=tracked_mask(self._track_ids, n, device),
+            losses_given=method is not PerInstancePrivacyMonitor.per_step_loss,
+        )
+        self._nonfinite = NonFiniteFlag(device, trainer.world_size)
         self._first_batch = True
-        self._self_check_pending = self.self_check
+        self._self_check_pending = config.self_check
         self._id_source.attach(trainer)
 
     @override
@@ -402,24 +361,25 @@ class PerInstancePrivacyMonitor(Callback):
         # on_after_backward gets no batch: keep the ids of this one (PLATFORM.md).
         ids = self._id_source.batch_ids(batch)
         if self._first_batch or ids.device.type == "cpu":
-            n = self._require_ledger().num_samples
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
-                raise ValueError(
-                    f"Expected sample ids in [0, {n}) (the ledger's size: `num_samples`, default "
-                    f"the size of the training DataLoader's dataset), but got ids in "
-                    f"[{int(ids.min())}, {int(ids.max())}]. Ids carried by the batch must index "
-                    "that dataset (or the `IndexedDataset` beneath its `Subset` layers); pass "
-                    "`num_samples=` the size of the set your ids index."
-                )
+            check_id_range(ids, self._require_ledger().num_samples)
             self._first_batch = False
-            if callable(self.loss_reduction):
-                check_loss_weights(loss_weights_of(self.loss_reduction, batch), ids.shape[0])
+            if callable(self.config.loss_reduction):
+                check_loss_weights(loss_weights_of(self.config.loss_reduction, batch), ids.shape[0])
         self._ids = ids
-        self._weights = loss_weights_of(self.loss_reduction, batch)
+        self._weights = loss_weights_of(self.config.loss_reduction, batch)
         self._backwards = 0
-        if self._self_check_pending:
+        if self._self_check_pending and self._hooks is not None:
             self._self_check_pending = False
-            self.self_check_result = run_self_check(self, trainer, pl_module, batch, batch_idx, ids)
+            inputs = SelfCheckInputs(
+                hooks=self._hooks,
+                attach_hooks=self._attach_hooks,
+                loss=self.self_check_loss,
+                loss_reduction=self.config.loss_reduction,
+                samples=self.config.self_check_samples,
+            )
+            self.self_check_result = run_self_check(
+                inputs, trainer, pl_module, batch, batch_idx, ids
+            )
         if self._hooks is not None:
             self._hooks.clear()  # drop anything left by a backward the monitor did not see
             # Inputs broadcast over the batch (HF's [1, T] position_ids) are expanded to it.
@@ -430,85 +390,32 @@ class PerInstancePrivacyMonitor(Callback):
         if self._hooks is None or self._ids is None:
             return
         self._backwards += 1
-        if self._backwards > 1:
-            raise MultipleBackwardError(
-                f"Expected one backward pass per batch and optimizer step, but got "
-                f"{self._backwards} for this batch before the optimizer stepped (two "
-                "`manual_backward` calls, or an optimizer that re-evaluates its closure such as "
-                "LBFGS): every pass sees one part of the examples' gradient, and the norm of the "
-                "sum is not given by the parts' norms, so the privacy losses would be wrong. Add "
-                "the losses and call `manual_backward` once per optimizer step "
-                "(`self.manual_backward(loss_a + loss_b)`)."
-            )
+        check_one_backward(self._backwards)
         norms = undo_loss_weights(self._hooks.per_sample_norms(), self._weights)
         self._hooks.clear()
         ids = self._ids.to(norms.device)
-        if ids.shape[0] != norms.shape[0]:
-            raise ValueError(
-                f"Expected one gradient norm per sample id, but got {norms.shape[0]} norms for "
-                f"{ids.shape[0]} ids. The module's layers must see the batch (batch-first) "
-                "that carries the ids; use `sample_id_fn` for custom batches."
-            )
-        if self._accum > 1:
-            norms = norms * self._accum  # Lightning divided the loss by accumulate_grad_batches
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            finite = torch.isfinite(norms)
-            scale = getattr(scaler, "_get_scale_async", scaler.get_scale)()
-            norms = norms / torch.as_tensor(scale, device=norms.device, dtype=norms.dtype)
-            # Overflow steps are skipped by the GradScaler: they contribute nothing.
-            norms = torch.where(finite, norms, torch.zeros_like(norms))
-        else:
-            self._check_step_norms(norms, ids)
+        check_norm_count(norms, ids)
+        norms, scaled = undo_trainer_scaling(norms, self._plan.accumulate, trainer)
+        if not scaled and self._nonfinite is not None:  # a scaler skips its overflow steps
+            self._nonfinite.check(norms, ids)
         self._record(trainer, ids, norms)
-
-    def _check_step_norms(self, norms: Tensor, ids: Tensor) -> None:
-        """NaN/inf norms: raise at once on a single CPU process (free there); otherwise set a
-        device flag checked at the end of the epoch, so the step never waits for the device and
-        all DDP ranks raise together (one rank raising alone would leave the others hanging)."""
-        finite = torch.isfinite(norms)
-        if norms.device.type == "cpu" and self._world_size == 1:
-            if not bool(finite.all()):
-                raise nonfinite_error(ids[~finite.to(ids.device)])
-        elif self._nonfinite is not None:
-            self._nonfinite |= ~finite.all()
 
     def _record(self, trainer: pl.Trainer, ids: Tensor, norms: Tensor) -> None:
         """Buffer one step; what depends on the step (lr, batch) is evaluated now."""
         values: Tensor | None = None  # sweep estimator: counts and norms only
-        if self.estimator == "online":
+        if self.config.estimator == "online":
             # The global batch of this step (a short last batch included), for "sgld".
-            batch = ids.shape[0] * trainer.world_size * self._accum
-            if self._custom_step_loss:  # its semantics are per step: call it per step
-                values = self.per_step_loss(norms, trainer, batch) * (1.0 / self._q)
+            batch = ids.shape[0] * trainer.world_size * self._plan.accumulate
+            if self._online.losses_given:  # its semantics are per step: call it per step
+                values = self.per_step_loss(norms, trainer, batch) * (1.0 / self._plan.sample_rate)
             else:
                 values = self.noise.ratios(norms, lr=_step_lr(trainer), batch_size=batch)
-        self._buffer.append(ids, values, norms)
-        if len(self._buffer) >= self.flush_every:
+        if self._online.record(ids, values, norms):
             self._flush()
 
     def _flush(self) -> None:
-        """Add the buffered steps to the ledger (``_pending`` under DDP) in one update.
-
-        The same rows as one update per step: the per-step loss is elementwise in the ratios,
-        sums do not depend on the order and ``last_norm`` takes the last row of each id.
-        """
-        target = self._pending if self._pending is not None else self._ledger
-        drained = self._buffer.drain() if target is not None else None
-        if drained is None or target is None:
-            return
-        ids, values, norms = drained
-        if values is None:
-            rdp = norms.new_zeros((norms.shape[0], len(self.alphas)), dtype=torch.float64)
-        else:
-            rdp = (
-                values
-                if self._custom_step_loss
-                else step_rdp_in_pieces(values, self._q, self.alphas) * (1.0 / self._q)
-            )
-            if self._tracked is not None:
-                rdp = rdp * self._tracked[ids].unsqueeze(1)
-        update_in_step_order(target, ids, rdp, norms)
+        """Add the buffered steps to the ledger (``_pending`` under DDP) in one update."""
+        self._online.flush(self._pending if self._pending is not None else self._ledger)
 
     def per_step_loss(self, norms: Tensor, trainer: pl.Trainer, batch_size: int) -> Tensor:
         """Per-step per-instance Rényi loss of ``norms`` (THEORY §1-§2), ``[B, K]`` float64.
@@ -518,7 +425,7 @@ class PerInstancePrivacyMonitor(Callback):
         batches of ``flush_every`` steps, from each step's ratios.
         """
         ratios = self.noise.ratios(norms, lr=_step_lr(trainer), batch_size=batch_size)
-        return per_step_rdp(ratios, self._q, self.alphas)
+        return per_step_rdp(ratios, self._plan.sample_rate, self.alphas)
 
     @override
     def on_before_optimizer_step(
@@ -529,7 +436,7 @@ class PerInstancePrivacyMonitor(Callback):
             return
         self._steps += 1
         lr = float(optimizer.param_groups[0]["lr"])
-        self._worst.step(lr, self._global_batch, self._q)
+        self._worst.step(lr, self._plan.global_batch, self._plan.sample_rate)
 
     @override
     def on_train_batch_end(
@@ -541,35 +448,25 @@ class PerInstancePrivacyMonitor(Callback):
         batch_idx: int,
     ) -> None:
         self._ids = None
-        if self.estimator == "sweep" and self._steps - self._last_sweep >= self.sweep_every:
-            self._sweep(trainer, pl_module, self._steps - self._last_sweep)
+        if self.config.estimator == "sweep" and self._sweeps.due(self._steps):
+            self._sweep(trainer, pl_module)
 
-    def _sweep(self, trainer: pl.Trainer, pl_module: pl.LightningModule, weight: int) -> None:
+    def _sweep(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._hooks is not None
+        assert self._nonfinite is not None
         self._flush()
-        if self._data is None:
-            raise ValueError(
-                "Expected a single map-style training DataLoader for `estimator='sweep'`, but "
-                "got another kind of training data; use `estimator='online'`."
-            )
-        tracked = (
-            self.track_ids if self.track_ids is not None else torch.arange(self.ledger.num_samples)
-        )
-        target = self._pending if self._pending is not None else self.ledger
-        run_sweep(
+        self._sweeps.run(
             trainer,
             pl_module,
             self._hooks,
-            self._data,
-            tracked,
-            target,
-            weight,
+            self._plan.data,
+            self._pending if self._pending is not None else self.ledger,
+            self._steps,
             sweep_loss=self.sweep_loss,
-            step_loss=lambda norms: self.per_step_loss(norms, trainer, self._global_batch),
-            check_norms=self._check_step_norms,
-            sample_id_fn=self.sample_id_fn,
+            step_loss=lambda norms: self.per_step_loss(norms, trainer, self._plan.global_batch),
+            check_norms=self._nonfinite.check,
+            sample_id_fn=self.config.sample_id_fn,
         )
-        self._last_sweep = self._steps
 
     def sweep_loss(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:
         """The loss of one sweep batch; by default ``pl_module.training_step``'s loss.
@@ -577,14 +474,7 @@ class PerInstancePrivacyMonitor(Callback):
         Override for manual optimisation (whose ``training_step`` steps the optimizer) or to
         sweep with another loss. Logging calls inside are silenced during the sweep.
         """
-        out = pl_module.training_step(batch, batch_idx)
-        loss = out["loss"] if isinstance(out, dict) else out
-        if not isinstance(loss, Tensor):
-            raise ValueError(
-                "Expected `training_step` to return the loss (a tensor or a dict with 'loss') for "
-                f"the sweep, but got {type(out).__name__}; override `sweep_loss`."
-            )
-        return loss
+        return default_sweep_loss(pl_module, batch, batch_idx)
 
     def self_check_loss(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:
         """The loss of one self-check pass (the whole first batch, or one example of it).
@@ -602,42 +492,35 @@ class PerInstancePrivacyMonitor(Callback):
         self._flush()
         if self._pending is not None and self._ledger is not None:
             reduce_ledger_into(trainer, self._pending, self._ledger)
-        self._check_finite(trainer)
-
-    def _check_finite(self, trainer: pl.Trainer) -> None:
-        if self._nonfinite is None:
-            return
-        flag = self._nonfinite
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag.int(), reduce_op="max")
-        if bool(flag):
-            raise nonfinite_error(None)
+        if self._nonfinite is not None:
+            self._nonfinite.raise_if_set(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync(trainer)
         self._log(trainer)
 
-    def _report_mask(self) -> Tensor:
-        ledger = self.ledger
-        mask = ledger.counts > 0 if self.estimator == "online" else ledger.privacy[:, 0] > 0
-        return mask if self._tracked is None else mask & self._tracked
-
     def _log(self, trainer: pl.Trainer) -> None:
         if not trainer.is_global_zero or not trainer.loggers:
             return
-        mask = self._report_mask()
-        metrics = epoch_metrics(self.ledger, mask, self.delta, self._worst.rdp)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        if self.log_histograms:
-            write_histograms(trainer.loggers, self.ledger, mask, trainer.global_step)
+        ledger = self.ledger
+        swept = self.config.estimator == "sweep"  # the sweep's examples have losses, not counts
+        mask = report_mask(ledger, self._online.tracked, swept=swept)
+        log_epoch(
+            trainer.loggers,
+            ledger,
+            mask,
+            trainer.global_step,
+            delta=self.config.delta,
+            worst_case_rdp=self._worst.rdp,
+            histograms=self.config.log_histograms,
+        )
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()
-        if self.estimator == "sweep" and self._steps > self._last_sweep:
-            self._sweep(trainer, pl_module, self._steps - self._last_sweep)
+        if self.config.estimator == "sweep" and self._sweeps.left(self._steps):
+            self._sweep(trainer, pl_module)
         self._sync(trainer)
 
     @override
@@ -649,10 +532,11 @@ class PerInstancePrivacyMonitor(Callback):
         # checks that the ledger describes the checkpoint it is given by the latter.
         summary = {**self._run_summary(), "model_sha256": tensors_sha256(pl_module)}
         self._ledger.metadata = {**self._ledger.metadata, **summary}
-        if self.save_dir is None or not trainer.is_global_zero:
+        save_dir = self.config.save_dir
+        if save_dir is None or not trainer.is_global_zero:
             return
-        self._ledger.save(self.save_dir / "privacy_ledger.pt")
-        self._ledger.to_csv(self.save_dir / "privacy_ledger.csv", delta=self.delta)
+        self._ledger.save(Path(save_dir) / "privacy_ledger.pt")
+        self._ledger.to_csv(Path(save_dir) / "privacy_ledger.csv", delta=self.config.delta)
 
     def _run_summary(self) -> dict[str, Any]:
         worst = self.worst_case_epsilon()
@@ -672,7 +556,7 @@ class PerInstancePrivacyMonitor(Callback):
     ) -> None:
         # Keep the steps observed before the exception in the in-memory ledger. Lightning
         # re-raises `exception`; a second error from the flush must not replace it.
-        steps = len(self._buffer)
+        steps = len(self._online)
         try:
             self._flush()
         except Exception as err:
@@ -719,7 +603,7 @@ class PerInstancePrivacyMonitor(Callback):
             "version": MONITOR_STATE_VERSION,
             "ledger": None if self._ledger is None else self._ledger.state_dict(),
             "steps": self._steps,
-            "last_sweep": self._last_sweep,
+            "last_sweep": self._sweeps.last,
             "worst_case_rdp": None if self._worst.rdp is None else self._worst.rdp.cpu().clone(),
         }
 
@@ -737,7 +621,7 @@ class PerInstancePrivacyMonitor(Callback):
             self.ledger.load_state_dict(ledger_state)
             self.ledger.metadata = metadata
         self._steps = int(state["steps"])
-        self._last_sweep = int(state["last_sweep"])
+        self._sweeps.last = int(state["last_sweep"])
         worst = state["worst_case_rdp"]
         self._worst.rdp = None if worst is None else worst.to(torch.float64).clone()
 

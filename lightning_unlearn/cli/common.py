@@ -27,7 +27,7 @@ from lightning_unlearn.data.modules import (
 from lightning_unlearn.errors import CheckpointError, LedgerMismatchError
 from lightning_unlearn.integrity import load_verified, save_verified, write_json
 from lightning_unlearn.models import ClassifierModule, GroupNormCNN, MLPClassifier, build_model
-from lightning_unlearn.validation import check_sample_ids
+from lightning_unlearn.validation import check_forget_ids
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -207,7 +207,7 @@ def read_forget_ids(spec: str) -> torch.Tensor:
     whitespace) or from an inline comma-separated list such as ``"3,17,42"``.
 
     The ids are checked here, where they enter
-    (:func:`~lightning_unlearn.validation.check_sample_ids`): integers only (JSON floats and
+    (:func:`~lightning_unlearn.validation.check_forget_ids`): integers only (JSON floats and
     booleans are errors, not truncated), within int64; an inline list may hold negative numbers
     (``-1,3``), which the range check against the data set then reports.
 
@@ -223,7 +223,7 @@ def read_forget_ids(spec: str) -> torch.Tensor:
     """
     path = Path(spec)
     if not path.exists() and _INLINE_IDS.match(spec):
-        return check_sample_ids([p for p in spec.split(",") if p.strip()], "inline forget ids")
+        return check_forget_ids([p for p in spec.split(",") if p.strip()], name="inline forget ids")
     if not path.is_file():
         raise CheckpointError(
             f"The forget-id file {spec!r} does not exist; pass a .json list, a text file of "
@@ -241,7 +241,7 @@ def read_forget_ids(spec: str) -> torch.Tensor:
             )
     else:
         values = text.replace(",", " ").split()
-    return check_sample_ids(values, f"the forget ids in {spec!r}")
+    return check_forget_ids(values, name=f"the forget ids in {spec!r}")
 
 
 def write_forget_ids(path: str | Path, ids: torch.Tensor) -> Path:

@@ -72,7 +72,7 @@ def constants_from_args(args: argparse.Namespace) -> UnlearningConstants:
     return UnlearningConstants(
         alpha=args.alpha,
         c_lsi=args.c_lsi,
-        noise_multiplier=args.bound_noise_multiplier,
+        langevin_sigma=args.bound_noise_multiplier,
         lr=args.lr,
         d0=args.d0,
         d_irr=args.d_irr,
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         budget=budget,
         lr=args.lr,
         stopping=stopping_from_args(args),
-        noise_multiplier=args.noise_multiplier,
+        sgld_sigma=args.noise_multiplier,
         logger=tensorboard_logger(out, "tensorboard"),
         progress=not args.no_progress,
         seed=args.seed,

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import collections
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
-from lightning_unlearn.errors import MissingSampleIdError
+# Reading ids is shared by the layers below data (the pure evaluation functions): it lives in
+# the leaf module lightning_unlearn.sample_ids; re-exported here, where the ids are attached.
+from lightning_unlearn.sample_ids import SAMPLE_ID_KEY, SampleIdFn, get_sample_ids
 
-__all__ = ["SAMPLE_ID_KEY", "IndexedDataset", "get_sample_ids", "indexed_item_type"]
+__all__ = ["SAMPLE_ID_KEY", "IndexedDataset", "SampleIdFn", "get_sample_ids", "indexed_item_type"]
 
-SAMPLE_ID_KEY = "sample_id"
 _MAX_ARITY = 16
 _module = sys.modules[__name__]
 
@@ -105,43 +105,3 @@ class IndexedDataset(Dataset):
         if isinstance(item, tuple | list):
             return indexed_item_type(len(item))(*item, index)
         return indexed_item_type(1)(item, index)
-
-
-SampleIdFn = Callable[[Any], torch.Tensor]
-
-
-def get_sample_ids(batch: Any, sample_id_fn: SampleIdFn | None = None) -> torch.Tensor:
-    """Pull the sample ids out of a batch as a 1-D integer tensor.
-
-    Args:
-        batch: a batch made from an :class:`IndexedDataset` (a named tuple with a ``sample_id``
-            field, or a dict with the key ``"sample_id"``), or any batch when ``sample_id_fn``
-            is given.
-        sample_id_fn: optional user function ``batch -> ids`` for custom batch structures.
-
-    Returns:
-        The ids as a 1-D ``torch.long`` tensor on the batch's device.
-
-    Raises:
-        MissingSampleIdError: the batch carries no ids; the message says how to add them.
-    """
-    if sample_id_fn is not None:
-        ids = sample_id_fn(batch)
-    elif isinstance(batch, Mapping) and SAMPLE_ID_KEY in batch:
-        ids = batch[SAMPLE_ID_KEY]
-    elif isinstance(batch, tuple) and hasattr(batch, SAMPLE_ID_KEY):
-        ids = getattr(batch, SAMPLE_ID_KEY)
-    else:
-        raise MissingSampleIdError(
-            "The batch carries no sample ids (got a batch of type "
-            f"{type(batch).__name__}). Wrap your training dataset in "
-            "`lightning_unlearn.data.IndexedDataset(dataset)` so each item carries its id, or "
-            "pass `sample_id_fn=lambda batch: ...` that returns the ids of a custom batch."
-        )
-    ids = torch.as_tensor(ids)
-    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise MissingSampleIdError(
-            "Expected the sample ids to be a 1-D integer tensor, but got dtype "
-            f"{ids.dtype} and shape {tuple(ids.shape)}; check `sample_id_fn` or the dataset."
-        )
-    return ids.long()

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_colla
 from typing_extensions import override
 
 from lightning_unlearn.errors import ForgetSetError
+from lightning_unlearn.validation import check_forget_ids
 
 __all__ = ["EpochSeededSampler", "ForgetRetainDataModule", "TaggedBatch", "validate_forget_ids"]
 
@@ -63,67 +64,20 @@ class _TaggingCollate:
 def validate_forget_ids(forget_ids: Any, num_samples: int) -> torch.Tensor:
     """Check a deletion request against a data set of ``num_samples`` examples.
 
-    Args:
-        forget_ids: the ids to forget (a sequence of ints, or a 1-D integer tensor / array).
-        num_samples: the size ``N`` of the original training set; valid ids are ``[0, N)``.
+    The same check as :func:`~lightning_unlearn.validation.check_forget_ids` (kept under this
+    name for the data package's API); see it for what is accepted.
 
     Returns:
         The ids as a sorted 1-D ``torch.long`` tensor on the CPU.
 
     Raises:
-        ForgetSetError: the ids are not 1-D integers, are empty, out of range, duplicated, or
-            cover the whole data set (nothing would be left to retain).
+        ForgetSetError: the ids are not 1-D integers, are empty, out of range or duplicated.
 
     Example:
         >>> validate_forget_ids([4, 1], num_samples=10).tolist()
         [1, 4]
-        >>> validate_forget_ids([1, 1], num_samples=10)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        lightning_unlearn.errors.ForgetSetError: Expected unique forget ids, but got ...
     """
-    try:
-        ids = torch.as_tensor(forget_ids)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ForgetSetError(
-            "Expected `forget_ids` to be a sequence of integer sample ids, but got "
-            f"{type(forget_ids).__name__} ({err})."
-        ) from None
-    if ids.numel() == 0:
-        raise ForgetSetError(
-            "Expected at least one forget id, but got an empty forget set; there is nothing to "
-            "unlearn."
-        )
-    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex:
-        raise ForgetSetError(
-            "Expected `forget_ids` to be a 1-D sequence of integer sample ids, but got dtype "
-            f"{ids.dtype} and shape {tuple(ids.shape)}."
-        )
-    if ids.dtype == torch.bool:
-        raise ForgetSetError(
-            "Expected `forget_ids` to be integer sample ids, but got a boolean mask; pass "
-            "`mask.nonzero().flatten()` instead."
-        )
-    ids = ids.long().cpu()
-    bad = ids[(ids < 0) | (ids >= num_samples)]
-    if bad.numel():
-        raise ForgetSetError(
-            f"Expected forget ids in [0, {num_samples}) (the ids of the original training set), "
-            f"but got {bad[:10].tolist()}; use the ids of the privacy ledger (positions in the "
-            "training DataLoader's dataset)."
-        )
-    ids, counts = torch.unique(ids, sorted=True, return_counts=True)
-    if bool((counts > 1).any()):
-        dup = ids[counts > 1][:10].tolist()
-        raise ForgetSetError(
-            f"Expected unique forget ids, but got duplicates {dup}; pass each id once."
-        )
-    if ids.numel() == num_samples:
-        raise ForgetSetError(
-            f"Expected the forget set to leave examples to retain, but it covers all "
-            f"{num_samples} examples; retrain from scratch instead of unlearning."
-        )
-    return ids
+    return check_forget_ids(forget_ids, num_samples)
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -262,7 +216,14 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         self.dataset, module_collate = _as_map_dataset(dataset)
         self.collate_fn = collate_fn or module_collate
         self.num_samples = len(self.dataset)
-        self.forget_ids = validate_forget_ids(forget_ids, self.num_samples)
+        # The entry point of the ids: checked and converted once here; everything downstream
+        # (loaders, budgets through `compute_budget(ledger, dm)`, evaluations) trusts them.
+        self.forget_ids = check_forget_ids(forget_ids, self.num_samples)
+        if self.forget_ids.numel() == self.num_samples:
+            raise ForgetSetError(
+                f"Expected the forget set to leave examples to retain, but it covers all "
+                f"{self.num_samples} examples; retrain from scratch instead of unlearning."
+            )
 
         all_ids = torch.arange(self.num_samples)
         self.heldout_ids: torch.Tensor | None = None

@@ -80,12 +80,12 @@ class _Demo:
     n_bins: int
     methods: Sequence[Method]
     unlearn_lr: float
-    sgld_noise: float
+    sgld_sigma: float
     budget_steps: int | None
     max_budget_steps: int | None
     alpha: int
     c_lsi: float
-    bound_noise_multiplier: float
+    langevin_sigma: float | None
     target_epsilon: float
     d0: float
     d_irr: float
@@ -101,7 +101,7 @@ class _Demo:
         return UnlearningConstants(
             alpha=self.alpha,
             c_lsi=self.c_lsi,
-            noise_multiplier=self.bound_noise_multiplier,
+            langevin_sigma=self.langevin_sigma,
             lr=self.unlearn_lr,
             d0=self.d0,
             d_irr=self.d_irr,
@@ -127,12 +127,12 @@ def run_demo(
     n_bins: int = 10,
     methods: Sequence[Method] = ("finetune", "sgld"),
     unlearn_lr: float = 0.05,
-    sgld_noise: float = 0.01,
+    sgld_sigma: float = 0.01,
     budget_steps: int | None = None,
     max_budget_steps: int | None = 100_000,
     alpha: int = 2,
     c_lsi: float = 0.5,
-    bound_noise_multiplier: float = 1.0,
+    langevin_sigma: float | None = None,
     target_epsilon: float = 1.0,
     d0: float = 0.0,
     d_irr: float = 0.0,
@@ -165,14 +165,15 @@ def run_demo(
         n_bins: P quantile bins; the lowest and the highest are used.
         methods: unlearning methods (:data:`~lightning_unlearn.unlearning.module.METHODS`).
         unlearn_lr: unlearning learning rate (η of THEORY §5).
-        sgld_noise: σ of SGLD (method ``"sgld"``).
+        sgld_sigma: σ > 0 of SGLD (method ``"sgld"``).
         budget_steps: a fixed step budget instead of the calibrated one.
         max_budget_steps: largest calibrated budget allowed; the demo shows the bound's budget
             even where it exceeds the (short) training run, which ``unlearn`` refuses by
             default, and this cap keeps a runaway budget from hanging it.
         alpha: Rényi order of the target (P is read at 4α).
         c_lsi: log-Sobolev constant C_LSI (unknown for deep nets: a calibration knob).
-        bound_noise_multiplier: σ of the THEORY §5 bound.
+        langevin_sigma: σ of the THEORY §5 bound; default: the training σ the ledger
+            recorded (``noise_multiplier``; §5 continues the noisy process).
         target_epsilon: target Rényi divergence ε.
         d0: D0 of THEORY §5.
         d_irr: D_irr of THEORY §5.
@@ -234,7 +235,7 @@ def run_demo(
         "constants": {
             "alpha": constants.alpha,
             "c_lsi": constants.c_lsi,
-            "noise_multiplier": constants.noise_multiplier,
+            "langevin_sigma": constants.resolve(ledger).langevin_sigma,
             "lr": constants.lr,
             "target_epsilon": constants.target_epsilon,
             "d0": constants.d0,
@@ -375,7 +376,7 @@ def _unlearn_once(
         budget=budget,
         lr=settings.unlearn_lr,
         stopping=_stopping(settings, budget),
-        noise_multiplier=settings.sgld_noise,
+        sgld_sigma=settings.sgld_sigma,
         logger=tensorboard_logger(settings.output_dir / "tensorboard", f"unlearn_{tag}"),
         progress=settings.progress,
         seed=settings.seed + 10 * index,

@@ -199,7 +199,7 @@ def unlearn_forget_set(
     budget: int,
     lr: float,
     stopping: Callback | None,
-    noise_multiplier: float = 0.01,
+    sgld_sigma: float = 0.01,
     logger: Logger | bool = False,
     progress: bool = True,
     seed: int = 0,
@@ -213,7 +213,7 @@ def unlearn_forget_set(
         budget: the step budget (``Trainer(max_steps=budget)``).
         lr: unlearning learning rate.
         stopping: a stopping callback (e.g. :class:`LossCalibratedStopping`) or None.
-        noise_multiplier: SGLD sigma (method ``"sgld"``).
+        sgld_sigma: SGLD sigma > 0 (method ``"sgld"``).
         logger: a Lightning logger or False.
         progress: show the progress bar.
         seed: seed of the run.
@@ -228,7 +228,7 @@ def unlearn_forget_set(
         student,
         method=method,  # type: ignore[arg-type]
         lr=lr,
-        noise_multiplier=noise_multiplier,
+        sgld_sigma=sgld_sigma,
         seed=seed,
     )
     callbacks = [stopping] if stopping is not None else []

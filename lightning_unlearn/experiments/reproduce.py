@@ -81,7 +81,7 @@ class _Reproduce:
     alpha: int
     methods: Sequence[Method]
     unlearn_lr: float
-    sgld_noise: float
+    sgld_sigma: float
     max_steps: int
     check_every: int
     tau: float
@@ -108,7 +108,7 @@ def run_reproduce(
     alpha: int = 2,
     methods: Sequence[Method] = ("finetune", "sgld"),
     unlearn_lr: float = 0.05,
-    sgld_noise: float = 0.01,
+    sgld_sigma: float = 0.01,
     max_steps: int = 300,
     check_every: int = 10,
     tau: float = 0.1,
@@ -140,7 +140,7 @@ def run_reproduce(
         alpha: Rényi order; P is read at order 4α.
         methods: unlearning methods (:data:`~lightning_unlearn.unlearning.module.METHODS`).
         unlearn_lr: unlearning learning rate.
-        sgld_noise: σ of SGLD (method ``"sgld"``).
+        sgld_sigma: σ > 0 of SGLD (method ``"sgld"``).
         max_steps: unlearning step cap (runs that never reach the oracle count as the cap).
         check_every: steps between the oracle-match checks.
         tau: tolerance on the forget-set mean loss vs the oracle's (nats, THEORY §6).
@@ -339,7 +339,7 @@ def _forget_set_row(
     constants = UnlearningConstants(
         alpha=settings.alpha,
         c_lsi=1.0,
-        noise_multiplier=settings.noise_multiplier,
+        langevin_sigma=settings.noise_multiplier,  # the training σ (THEORY §5)
         lr=settings.unlearn_lr,
         target_epsilon=1.0,
     )
@@ -387,7 +387,7 @@ def _steps_to_oracle(
         budget=settings.max_steps,
         lr=settings.unlearn_lr,
         stopping=stop,
-        noise_multiplier=settings.sgld_noise,
+        sgld_sigma=settings.sgld_sigma,
         progress=False,
         seed=seed,
     )

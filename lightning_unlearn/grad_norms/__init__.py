@@ -18,9 +18,9 @@ from lightning_unlearn.grad_norms.hooks import (
     attach_norm_hooks,
     find_unsupported_modules,
 )
-from lightning_unlearn.grad_norms.samplers import register_norm_samplers
 
-register_norm_samplers()
+# Importing the samplers registers them, once, where each is defined (`_registry.norm_sampler`).
+from lightning_unlearn.grad_norms.samplers import register_norm_samplers
 
 __all__ = [
     "GradSampleMode",

@@ -21,17 +21,14 @@ additive float; ``key_padding_mask`` ``[B, S]`` boolean (True: padding) or float
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_unlearn.errors import UnsupportedLayerError
-from lightning_unlearn.grad_norms.fused_ops import _FusedLinear
-
-if TYPE_CHECKING:
-    from lightning_unlearn.grad_norms.fused import FusedNormEngine
+from lightning_unlearn.grad_norms.fused_ops import FusedEngine, _FusedLinear
 
 __all__ = ["check_attention", "mha_forward"]
 
@@ -65,7 +62,7 @@ def check_attention(layer: nn.MultiheadAttention, label: str) -> None:
 
 
 def _proj(
-    engine: FusedNormEngine,
+    engine: FusedEngine,
     layer: nn.Module,
     x: Tensor,
     w: Tensor,
@@ -93,7 +90,7 @@ def _float_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 def mha_forward(
-    engine: FusedNormEngine,
+    engine: FusedEngine,
     layer: nn.MultiheadAttention,
     label: str,
     args: tuple[Any, ...],

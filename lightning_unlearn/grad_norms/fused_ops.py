@@ -9,17 +9,35 @@ send the per-example squared norms to the engine and return their sum as the wei
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-if TYPE_CHECKING:
-    from lightning_unlearn.grad_norms.fused import FusedNormEngine
+__all__ = ["FusedEngine", "conv_unfold_preferred"]
 
-__all__ = ["conv_unfold_preferred"]
+
+class FusedEngine(Protocol):
+    """What the fused engine's parts (ops, attention, units) use of
+    :class:`~lightning_unlearn.grad_norms.fused.FusedNormEngine`.
+
+    A protocol, so that the parts depend on this interface rather than import the engine that
+    imports them (no import cycle).
+    """
+
+    _replaying: bool  # inside a per-example re-run: hooks stand aside
+    _names: dict[int, str]  # id(layer) -> qualified name, for messages
+
+    def materialise(self, layer: nn.Module) -> bool:
+        """Whether ``layer``'s per-example gradients are materialised (not fused)."""
+        ...
+
+    def _record(self, layer: nn.Module, fired: list[bool], sq: Tensor | None, grads: Any) -> None:
+        """Record one call's per-example squared norms (or gradients) of ``layer``."""
+        ...
+
 
 # Per-example weight gradients of a 2-d convolution are formed from an explicit unfolding of the
 # input when one input patch has at most this many entries (first layers: few input channels),
@@ -78,7 +96,7 @@ class _FusedConv(torch.autograd.Function):
         holder: list[Tensor],
         layer: _ConvNd,
         padding: list[int],
-        engine: FusedNormEngine,
+        engine: FusedEngine,
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.layer, ctx.padding, ctx.engine = layer, padding, engine
@@ -90,7 +108,7 @@ class _FusedConv(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         layer: _ConvNd = ctx.layer
-        engine: FusedNormEngine = ctx.engine
+        engine: FusedEngine = ctx.engine
         padding: list[int] = ctx.padding
         d = len(layer.kernel_size)
         xc = x if x.dtype == g.dtype else x.to(g.dtype)
@@ -147,7 +165,7 @@ class _FusedLinear(torch.autograd.Function):
         weight: Tensor,
         bias: Tensor | None,
         holder: list[Tensor],
-        engine: FusedNormEngine,
+        engine: FusedEngine,
         layer: nn.Module,
         targets: tuple[Any, ...] | None = None,
     ) -> Tensor:
@@ -175,7 +193,7 @@ class _FusedLinear(torch.autograd.Function):
             gbf = gb.to(acc)
             sq = sq + (gbf * gbf).sum(1)
             grad_b = gb.sum(0).to(weight.dtype)
-        engine: FusedNormEngine = ctx.engine
+        engine: FusedEngine = ctx.engine
         if ctx.targets is not None or engine.materialise(ctx.layer):
             wp, w0, bp, b0 = ctx.targets or (ctx.layer.weight, 0, ctx.layer.bias, 0)
             grads = [(wp, per_example, w0)] if grad_w is not None else []
@@ -243,7 +261,7 @@ class _FusedGroupNorm(torch.autograd.Function):
         groups: int,
         mean: Tensor,
         rstd: Tensor,
-        engine: FusedNormEngine,
+        engine: FusedEngine,
         layer: nn.Module,
     ) -> Tensor:
         ctx.save_for_backward(x, weight, mean, rstd)
@@ -281,7 +299,7 @@ class _FusedGroupNorm(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             sq = sq + _sq_norms(per_b, acc)
             grad_b = per_b.sum(0).to(weight.dtype)
-        engine: FusedNormEngine = ctx.engine
+        engine: FusedEngine = ctx.engine
         if engine.materialise(ctx.layer):
             grads = [(ctx.layer.weight, per_w, 0)] if grad_w is not None else []
             if grad_b is not None:

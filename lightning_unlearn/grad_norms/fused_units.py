@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 from lightning_unlearn.errors import UnsupportedLayerError
 
 if TYPE_CHECKING:
-    from lightning_unlearn.grad_norms.fused import FusedNormEngine
+    from lightning_unlearn.grad_norms.fused_ops import FusedEngine
 
 __all__ = ["batch_dims", "per_example_grads", "torch_func_grads"]
 
@@ -179,7 +179,7 @@ def per_example_grads(
 
 
 def torch_func_grads(
-    engine: FusedNormEngine, layer: nn.Module, inputs: list[Any], g: Tensor
+    engine: FusedEngine, layer: nn.Module, inputs: list[Any], g: Tensor
 ) -> dict[Tensor, Tensor]:
     """Per-example gradients of ``layer``'s own parameters by ``torch.func``: the layer
     itself (its current mode and attributes) is re-run on each example under ``vmap``,

@@ -11,8 +11,9 @@ combines the layers as
 
 (the per-example gradient of THEORY §1, before clipping). Opacus 1.6 ships such *norm samplers*
 only for ``nn.Linear`` and ``nn.Embedding``; every other layer falls back to materialising its
-per-example gradients. This module registers exact samplers, through
-``opacus.grad_sample.register_norm_sampler``, for:
+per-example gradients. This package registers exact samplers, each where it is defined with the
+:func:`~lightning_unlearn.grad_norms._registry.norm_sampler` decorator (Opacus'
+``@register_norm_sampler`` pattern, once per layer type), for:
 
 * ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` (:mod:`.samplers_conv`: per layer, the cheaper of
   the ghost Gram form and a grouped-convolution instantiation, by multiply-add count),
@@ -38,13 +39,11 @@ backward passes in ``tests/grad_norms/test_samplers*.py``.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from lightning_unlearn.errors import UnsupportedLayerError
+from lightning_unlearn.grad_norms._registry import NORM_SAMPLERS, ensure_registered, norm_sampler
 from lightning_unlearn.grad_norms.samplers_conv import conv_flops, conv_norm_sample
 from lightning_unlearn.grad_norms.samplers_norm import (
     group_norm_norm_sample,
@@ -66,9 +65,8 @@ __all__ = [
     "rms_norm_norm_sample",
 ]
 
-NormSampler = Callable[[nn.Module, list[Tensor], Tensor], dict[Tensor, Tensor]]
 
-
+@norm_sampler(nn.Linear)
 def linear_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:
@@ -121,6 +119,7 @@ def linear_norm_sample(
     return out
 
 
+@norm_sampler(nn.Embedding)
 def embedding_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:
@@ -177,49 +176,14 @@ def embedding_norm_sample(
     return out
 
 
-def _empty_batch_safe(sampler: NormSampler) -> NormSampler:
-    """Return empty norms for an empty batch (Poisson sampling can draw one) instead of failing."""
-
-    @functools.wraps(sampler)
-    def guarded(layer: nn.Module, activations: list[Tensor], backprops: Tensor) -> dict:
-        if backprops.shape[0] == 0:
-            return {
-                p: backprops.new_zeros(0)
-                for p in layer.parameters(recurse=False)
-                if p.requires_grad
-            }
-        return sampler(layer, activations, backprops)
-
-    return guarded
-
-
-NORM_SAMPLERS: dict[type[nn.Module], NormSampler] = {
-    layer_type: _empty_batch_safe(sampler)
-    for layer_type, sampler in [
-        (nn.Conv1d, conv_norm_sample),
-        (nn.Conv2d, conv_norm_sample),
-        (nn.Conv3d, conv_norm_sample),
-        (nn.GroupNorm, group_norm_norm_sample),
-        (nn.LayerNorm, layer_norm_norm_sample),
-        (nn.InstanceNorm1d, instance_norm_norm_sample),
-        (nn.InstanceNorm2d, instance_norm_norm_sample),
-        (nn.InstanceNorm3d, instance_norm_norm_sample),
-        (nn.RMSNorm, rms_norm_norm_sample),
-        (nn.Linear, linear_norm_sample),
-        (nn.Embedding, embedding_norm_sample),
-    ]
-}
-"""Layer type -> norm sampler registered by :func:`register_norm_samplers` (exact types).
-
-Each entry wraps the public function of the same name so that an empty batch gives empty norms.
-"""
-
-
 def register_norm_samplers() -> None:
-    """Register this package's norm samplers with Opacus' ghost-mode registry (idempotent).
+    """Make sure this package's norm samplers are in Opacus' ghost-mode registry (idempotent).
 
-    Afterwards ``opacus.grad_sample.prepare_module(model, "ghost", wrap_model=False)`` (and the
-    package's ``attach_norm_hooks(model, mode="ghost")``) computes per-example norms of the layers
+    Each sampler registered itself where it is defined (:func:`~lightning_unlearn.grad_norms.
+    _registry.norm_sampler`), when this module was imported; this re-registers only what a
+    process removed from Opacus' registry since. Afterwards
+    ``opacus.grad_sample.prepare_module(model, "ghost", wrap_model=False)`` (and the package's
+    ``attach_norm_hooks(model, mode="ghost")``) computes per-example norms of the layers
     in :data:`NORM_SAMPLERS` without materialising per-example gradients. Registration is global
     to the process, like Opacus' own; Linear and Embedding replace Opacus' samplers by exact
     supersets (see the module docstring).
@@ -231,7 +195,4 @@ def register_norm_samplers() -> None:
         >>> Hooks.NORM_SAMPLERS[torch.nn.Conv2d] is NORM_SAMPLERS[torch.nn.Conv2d]
         True
     """
-    from opacus.grad_sample import register_norm_sampler
-
-    for layer_type, sampler in NORM_SAMPLERS.items():
-        register_norm_sampler(layer_type)(sampler)
+    ensure_registered()

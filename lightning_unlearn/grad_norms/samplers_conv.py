@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_unlearn.grad_norms._registry import norm_sampler
+
 __all__ = ["conv_flops", "conv_norm_sample"]
 
 _ConvNd = nn.Conv1d | nn.Conv2d | nn.Conv3d
@@ -142,6 +144,7 @@ def _weight_sq_ghost(layer: _ConvNd, x: Tensor, g: Tensor) -> Tensor:
     return (gram_a * gram_g).sum(dim=(1, 2, 3))
 
 
+@norm_sampler(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def conv_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:

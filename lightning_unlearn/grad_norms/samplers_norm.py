@@ -21,6 +21,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_unlearn.grad_norms._registry import norm_sampler
+
 __all__ = [
     "group_norm_norm_sample",
     "instance_norm_norm_sample",
@@ -55,6 +57,7 @@ def _per_channel_affine_norms(
     )
 
 
+@norm_sampler(nn.GroupNorm)
 def group_norm_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:
@@ -82,6 +85,7 @@ def group_norm_norm_sample(
     return _per_channel_affine_norms(layer, xhat, backprops)
 
 
+@norm_sampler(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 def instance_norm_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:
@@ -104,6 +108,7 @@ def instance_norm_norm_sample(
     return _per_channel_affine_norms(layer, F.instance_norm(x, eps=layer.eps), backprops)
 
 
+@norm_sampler(nn.LayerNorm)
 def layer_norm_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:
@@ -129,6 +134,7 @@ def layer_norm_norm_sample(
     )
 
 
+@norm_sampler(nn.RMSNorm)
 def rms_norm_norm_sample(
     layer: nn.Module, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:

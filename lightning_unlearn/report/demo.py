@@ -114,7 +114,7 @@ def _add_budget(r: Report, summary: dict[str, Any]) -> None:
     r.add_paragraph(
         "Each forget set gets the budget of THEORY §5, "
         "k = ceil(α C_LSI / (σ² η) · log(c_α (c_2α P(F, 4α) + D0) / (ε − D_irr))), with "
-        f"α={c['alpha']}, C_LSI={c['c_lsi']}, σ={c['noise_multiplier']}, η={c['lr']}, "
+        f"α={c['alpha']}, C_LSI={c['c_lsi']}, σ={c['langevin_sigma']}, η={c['lr']}, "
         f"ε={c['target_epsilon']}, D0={c['d0']}, D_irr={c['d_irr']} and P(F) the maximum over "
         "the set. These constants are our derivation from Chien et al. 2024 and Mironov 2017; "
         "C_LSI is unknown for deep networks, so it acts as a calibration knob. Larger P, "

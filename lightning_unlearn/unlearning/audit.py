@@ -23,6 +23,7 @@ from torch import nn
 from lightning_unlearn.accounting import PrivacyLedger
 from lightning_unlearn.errors import AuditMismatchError, LightningUnlearnError
 from lightning_unlearn.integrity import tensors_sha256
+from lightning_unlearn.validation import check_forget_ids
 
 __all__ = [
     "AUDIT_VERSION",
@@ -43,7 +44,9 @@ def forget_ids_record(ids: Sequence[int] | torch.Tensor) -> dict[str, Any]:
     """``{"count", "sha256", "ids"}`` of a forget set (``ids`` omitted for large sets).
 
     The hash is SHA-256 of the sorted ids as little-endian int64 bytes, so it does not depend on
-    the order in which they were given.
+    the order in which they were given. A hash of what it is given: the ids are not validated
+    (a recorded list is hashed as written; requests are checked by
+    :func:`~lightning_unlearn.validation.check_forget_ids` before they get here).
 
     Example:
         >>> r = forget_ids_record([5, 1])
@@ -93,7 +96,8 @@ def audit_record(
     """The audit record of one deletion request (stored as ``UnlearningResult.audit``).
 
     Args:
-        forget_ids: the ids deleted.
+        forget_ids: the ids deleted (checked by
+            :func:`~lightning_unlearn.validation.check_forget_ids`).
         ledger: the ledger the budget was computed from (None for a fixed budget without one).
         model_before: the trained model.
         model_after: the unlearned model.
@@ -109,7 +113,7 @@ def audit_record(
     """
     return {
         "version": AUDIT_VERSION,
-        "forget_ids": forget_ids_record(forget_ids),
+        "forget_ids": forget_ids_record(check_forget_ids(forget_ids)),
         "ledger_sha256": None if ledger is None else _ledger_sha256(ledger),
         "model_sha256_before": tensors_sha256(model_before),
         "model_sha256_after": tensors_sha256(model_after),
@@ -206,7 +210,8 @@ def verify_audit(
             forget_ids_record(record["ids"])["sha256"],
         )
     if forget_ids is not None:
-        _check(mismatches, "forget ids", record["sha256"], forget_ids_record(forget_ids)["sha256"])
+        request = forget_ids_record(check_forget_ids(forget_ids))  # the request's ids enter here
+        _check(mismatches, "forget ids", record["sha256"], request["sha256"])
     ok.append(f"forget ids: {record['count']} ({record['sha256']})")
     if mismatches:
         raise AuditMismatchError("audit mismatch: " + "; ".join(mismatches))

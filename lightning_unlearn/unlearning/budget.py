@@ -25,10 +25,10 @@ from lightning_unlearn.accounting import (
     unlearning_steps,
 )
 from lightning_unlearn.data.fingerprint import dataset_fingerprint
-from lightning_unlearn.data.splits import ForgetRetainDataModule, validate_forget_ids
+from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.errors import BudgetTooLargeError, LedgerIntegrityError, LedgerMismatchError
 from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
-from lightning_unlearn.validation import check_int
+from lightning_unlearn.validation import check_forget_ids, check_int
 
 __all__ = [
     "FALLBACK_MAX_STEPS",
@@ -188,9 +188,15 @@ def forget_privacy_loss(
         UnsupportedOrderError: ``order`` is not one of the ledger's orders.
         ForgetSetError: invalid forget ids.
     """
-    ids = validate_forget_ids(forget_ids, ledger.num_samples)
+    return _privacy_loss(ledger, check_forget_ids(forget_ids, ledger.num_samples), order, aggregate)
+
+
+def _privacy_loss(
+    ledger: PrivacyLedger, ids: torch.Tensor, order: int, aggregate: Aggregate
+) -> float:
+    """``P(F, order)`` of canonical ids (:func:`check_forget_ids`): trusts them."""
     losses = ledger.privacy_loss(order)
-    value = float(forget_set_privacy_loss(losses, ids.to(losses.device), aggregate).item())
+    value = float(forget_set_privacy_loss(losses, ids, aggregate).item())
     if not math.isfinite(value) or value < 0:
         raise LedgerIntegrityError(
             f"The forget set's privacy loss P(F, {order}) is {value}, but losses are finite and "
@@ -244,7 +250,10 @@ def compute_budget(
             ``steps``).
         forget: the forget ids, or a :class:`~lightning_unlearn.ForgetRetainDataModule`
             (whose ids and data set size are used).
-        constants: :class:`~lightning_unlearn.accounting.UnlearningConstants` of the bound.
+        constants: :class:`~lightning_unlearn.accounting.UnlearningConstants` of the bound;
+            with ``langevin_sigma=None`` the bound's σ is the training σ the ledger recorded
+            (``metadata["noise_multiplier"]``): THEORY §5 unlearns by continuing the noisy
+            process (:meth:`~lightning_unlearn.accounting.UnlearningConstants.resolve`).
         step_model: a fitted :class:`~lightning_unlearn.accounting.StepModel`.
         order: Rényi order of ``step_model``'s losses (required with ``step_model``).
         steps: a fixed budget.
@@ -301,28 +310,36 @@ def compute_budget(
         )
     expected = dict(expected_metadata or {})
     expected.update(recording_expectations(model=model))
+    ids: torch.Tensor | None = None
     if isinstance(forget, ForgetRetainDataModule):
         num_samples = forget.num_samples if num_samples is None else num_samples
         expected.setdefault(
             "dataset_fingerprint", dataset_fingerprint(forget.dataset, forget.num_samples)
         )
-        forget = forget.forget_ids
+        ids = forget.forget_ids  # checked where they entered, by the data module
     check_ledger(ledger, ledger.num_samples if num_samples is None else num_samples, expected)
+    if ids is not None and int(ids[-1]) >= ledger.num_samples:  # sorted: the last is the max
+        check_forget_ids(ids, ledger.num_samples)  # names the ids beyond the ledger
     if steps is not None:
         return steps
-    if forget is None:
-        raise ValueError(
-            "Expected the `forget` ids (or a ForgetRetainDataModule) to compute a budget from "
-            "privacy losses, but got None."
-        )
+    if ids is None:
+        if forget is None:
+            raise ValueError(
+                "Expected the `forget` ids (or a ForgetRetainDataModule) to compute a budget "
+                "from privacy losses, but got None."
+            )
+        ids = check_forget_ids(forget, ledger.num_samples)  # the ids enter here
     cap = budget_cap(ledger, max_steps)
     if constants is not None:
-        p = forget_privacy_loss(ledger, forget, constants.privacy_order, aggregate)
+        # THEORY §5: unlearning continues the training run's noisy process, so the bound's σ
+        # defaults to the σ the ledger recorded (UnlearningConstants.langevin_sigma).
+        constants = constants.resolve(ledger)
+        p = _privacy_loss(ledger, ids, constants.privacy_order, aggregate)
         k = int(unlearning_steps(p, constants).item())
         return _capped(k, p, constants.privacy_order, aggregate, cap)
     assert step_model is not None
     assert order is not None
-    p = forget_privacy_loss(ledger, forget, order, aggregate)
+    p = _privacy_loss(ledger, ids, order, aggregate)
     return _capped(int(step_model.predict(p, rounding="ceil").item()), p, order, aggregate, cap)
 
 

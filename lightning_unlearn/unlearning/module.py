@@ -18,7 +18,7 @@ from lightning_unlearn.data.splits import TaggedBatch
 from lightning_unlearn.errors import MissingSampleIdError, UnsupportedModuleError
 from lightning_unlearn.evaluation.functional.adapters import AdapterLike, as_adapter
 from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
-from lightning_unlearn.unlearning.sgld import SGLD
+from lightning_unlearn.unlearning.sgld import SGLD, check_sgld_sigma
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
 
 __all__ = ["METHODS", "Method", "UnlearningModule", "module_state_dict_from_checkpoint"]
@@ -82,7 +82,9 @@ class UnlearningModule(pl.LightningModule):
         lr: learning rate of the default optimizer.
         momentum: momentum of the default SGD optimizer (not used by ``"sgld"``).
         weight_decay: weight decay of the default optimizer.
-        noise_multiplier: :math:`\sigma` of :class:`SGLD` (``"sgld"`` only).
+        sgld_sigma: :math:`\sigma > 0` of :class:`SGLD` (``"sgld"`` only; THEORY §1's SGLD
+            convention). Not the training run's accounting ``noise_multiplier``; to unlearn
+            within the THEORY §5 budget run SGLD at the bound's ``langevin_sigma``.
         max_grad_norm: batch-gradient clipping bound of :class:`SGLD` (``"sgld"`` only; use
             ``Trainer(gradient_clip_val=...)`` for the other methods).
         projection_radius: parameter-ball radius of :class:`SGLD` (``"sgld"`` only).
@@ -102,7 +104,8 @@ class UnlearningModule(pl.LightningModule):
 
     Raises:
         UnsupportedModuleError: ``module`` is not a LightningModule with a ``training_step``.
-        ValueError: an unknown method or an out-of-range hyper-parameter.
+        ValueError: an unknown method or an out-of-range hyper-parameter
+            (:class:`~lightning_unlearn.errors.InvalidArgumentError` for ``sgld_sigma <= 0``).
 
     Example:
         >>> import torch, lightning.pytorch as pl
@@ -116,7 +119,7 @@ class UnlearningModule(pl.LightningModule):
         ...         x, y = batch
         ...         return torch.nn.functional.cross_entropy(self(x), y)
         >>> net = Net()
-        >>> unlearner = UnlearningModule(net, method="sgld", lr=0.01, noise_multiplier=0.1)
+        >>> unlearner = UnlearningModule(net, method="sgld", lr=0.01, sgld_sigma=0.1)
         >>> unlearner.unlearned_module() is net
         True
         >>> sorted(unlearner.state_dict()) == sorted("module." + k for k in net.state_dict())
@@ -131,7 +134,7 @@ class UnlearningModule(pl.LightningModule):
         lr: float = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        noise_multiplier: float = 0.01,
+        sgld_sigma: float = 0.01,
         max_grad_norm: float | None = None,
         projection_radius: float | None = None,
         forget_weight: float = 0.5,
@@ -161,6 +164,8 @@ class UnlearningModule(pl.LightningModule):
             )
         if not lr > 0:
             raise ValueError(f"Expected `lr` to be > 0, but got {lr!r}.")
+        if method == "sgld":
+            check_sgld_sigma(sgld_sigma, "sgld_sigma")
         if not l1_weight >= 0:
             raise ValueError(f"Expected `l1_weight` to be >= 0, but got {l1_weight!r}.")
         if not 0.0 <= forget_weight <= 1.0:
@@ -170,7 +175,7 @@ class UnlearningModule(pl.LightningModule):
         self.module = module
         self.method: str = method
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.noise_multiplier = noise_multiplier
+        self.sgld_sigma = sgld_sigma
         self.max_grad_norm, self.projection_radius = max_grad_norm, projection_radius
         self.forget_weight, self.l1_weight = forget_weight, l1_weight
         self.num_classes = num_classes
@@ -298,7 +303,7 @@ class UnlearningModule(pl.LightningModule):
             return SGLD(
                 params,
                 lr=self.lr,
-                noise_multiplier=self.noise_multiplier,
+                sigma=self.sgld_sigma,
                 max_grad_norm=self.max_grad_norm,
                 projection_radius=self.projection_radius,
                 weight_decay=self.weight_decay,

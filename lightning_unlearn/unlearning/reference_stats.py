@@ -30,6 +30,8 @@ from lightning_unlearn.evaluation.functional import (
     tolerance_band,
 )
 from lightning_unlearn.evaluation.functional.adapters import AdapterLike
+from lightning_unlearn.integrity import atomic_write
+from lightning_unlearn.validation import check_forget_ids
 
 __all__ = ["ExampleTargets", "Metric", "ReferenceStatistics", "compute_statistics", "score_model"]
 
@@ -122,10 +124,14 @@ class ReferenceStatistics:
         tolerance_band` of its values under the OUT models (THEORY §6): the range of an
         unlearned model's value that models never trained on ``i`` produce.
 
+        The ids enter here (:func:`~lightning_unlearn.validation.check_forget_ids`): the
+        targets come sorted by id.
+
         Raises:
+            ForgetSetError: invalid ids (not integers, duplicated, outside the reference set).
             MeasurementError: some example has fewer than ``min_models`` OUT models.
         """
-        ids = torch.as_tensor(forget_ids, dtype=torch.long).to(self.in_mask.device)
+        ids = check_forget_ids(forget_ids, self.in_mask.shape[1]).to(self.in_mask.device)
         values = self._values(metric)[:, ids]
         out_mask = ~self.in_mask[:, ids] & ~values.isnan()
         band = tolerance_band(
@@ -171,10 +177,9 @@ class ReferenceStatistics:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the tables atomically (``torch.save`` of tensors)."""
-        from lightning_unlearn.unlearning.reference import _atomic_save
-
         payload = {"version": 1, "phi": self.phi, "loss": self.loss, "in_mask": self.in_mask}
-        _atomic_save(payload, Path(path))
+        with atomic_write(Path(path), "wb") as fh:
+            torch.save(payload, fh)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceStatistics:

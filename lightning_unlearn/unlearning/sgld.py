@@ -10,7 +10,32 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["SGLD"]
+from lightning_unlearn.errors import InvalidArgumentError
+from lightning_unlearn.validation import check_float, check_optional
+
+__all__ = ["SGLD", "check_sgld_sigma"]
+
+
+def check_sgld_sigma(sigma: object, name: str = "sigma") -> float:
+    """The SGLD σ: a finite number > 0; 0 names plain gradient descent as the fix.
+
+    Args:
+        sigma: the value.
+        name: the argument's name in the message (``sgld_sigma`` in ``UnlearningModule``).
+
+    Returns:
+        ``sigma`` as a float.
+
+    Raises:
+        InvalidArgumentError: ``sigma`` is not a finite number > 0.
+    """
+    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma == 0:
+        raise InvalidArgumentError(
+            f"Expected `{name}` of SGLD to be > 0, but got {sigma!r}: SGLD without noise is "
+            'plain gradient descent; use `method="finetune"` (UnlearningModule) or '
+            "`torch.optim.SGD`."
+        )
+    return check_float(name, sigma)
 
 
 class SGLD(Optimizer):
@@ -26,10 +51,17 @@ class SGLD(Optimizer):
         \qquad \xi \sim \mathcal N(0, I),
 
     where :math:`\nabla L_B` is the gradient in ``p.grad`` (the mean over the batch when the
-    loss is a batch mean), :math:`\eta` = ``lr``, :math:`\sigma` = ``noise_multiplier``,
+    loss is a batch mean), :math:`\eta` = ``lr``, :math:`\sigma` = ``sigma``,
     :math:`\lambda` = ``weight_decay``, and so the noise standard deviation per coordinate is
     :math:`s = \sigma\sqrt{2\eta}` (THEORY §1: the per-instance ratio is then
     :math:`r = \sqrt{\eta/2}\,\|g_x\| / (B\sigma)`).
+
+    ``sigma`` is the σ of *this* noisy process; it is not the accounting ``noise_multiplier`` of
+    the training run (the monitor's and the ledger's) nor the ``langevin_sigma`` of the THEORY §5
+    bound (:class:`~lightning_unlearn.accounting.UnlearningConstants`), although unlearning with
+    the bound's guarantee runs SGLD at that σ. ``sigma = 0`` is refused: a noiseless Langevin
+    step is plain gradient descent, which is ``torch.optim.SGD`` (``method="finetune"`` of
+    :class:`~lightning_unlearn.UnlearningModule`), and no THEORY §5 budget holds for it.
 
     * ``max_grad_norm`` (:math:`C`) clips the **batch** gradient: all gradients of a parameter
       group are scaled together so their joint L2 norm is at most ``C``. This bounds the step;
@@ -50,55 +82,50 @@ class SGLD(Optimizer):
     Args:
         params: parameters or parameter groups.
         lr: step size :math:`\eta > 0`.
-        noise_multiplier: :math:`\sigma \ge 0` (0 gives plain gradient descent).
+        sigma: the Langevin noise scale :math:`\sigma > 0` (for :math:`\sigma = 0` use
+            ``torch.optim.SGD``).
         max_grad_norm: optional bound :math:`C > 0` on the joint norm of a group's gradients.
         projection_radius: optional radius :math:`R > 0` of the parameter ball.
         weight_decay: L2 coefficient :math:`\lambda \ge 0` added to the gradient.
         seed: seed of the noise generators.
 
     Raises:
-        ValueError: a hyper-parameter is out of range.
+        InvalidArgumentError: a hyper-parameter is out of range (``sigma = 0`` included; the
+            message names ``method="finetune"`` / ``torch.optim.SGD``).
 
     Example:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.zeros(3))
-        >>> opt = SGLD([w], lr=0.5, noise_multiplier=0.0)
+        >>> opt = SGLD([w], lr=0.5, sigma=1e-3, seed=0)
         >>> w.grad = torch.ones(3)
         >>> _ = opt.step()
-        >>> w.data.tolist()
+        >>> [round(v, 2) for v in w.data.tolist()]
         [-0.5, -0.5, -0.5]
+        >>> SGLD([w], lr=0.5, sigma=0.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_unlearn.errors.InvalidArgumentError: Expected `sigma` of SGLD to be > 0, ...
     """
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-2,
-        noise_multiplier: float = 1e-2,
+        sigma: float = 1e-2,
         *,
         max_grad_norm: float | None = None,
         projection_radius: float | None = None,
         weight_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"Expected `lr` to be > 0, but got {lr!r}.")
-        if not noise_multiplier >= 0:
-            raise ValueError(
-                f"Expected `noise_multiplier` to be >= 0, but got {noise_multiplier!r}."
-            )
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(
-                f"Expected `max_grad_norm` to be > 0 or None, but got {max_grad_norm!r}."
-            )
-        if projection_radius is not None and not projection_radius > 0:
-            raise ValueError(
-                f"Expected `projection_radius` to be > 0 or None, but got {projection_radius!r}."
-            )
-        if not weight_decay >= 0:
-            raise ValueError(f"Expected `weight_decay` to be >= 0, but got {weight_decay!r}.")
+        check_float("lr", lr)
+        check_sgld_sigma(sigma)
+        check_optional("max_grad_norm", max_grad_norm, check_float)
+        check_optional("projection_radius", projection_radius, check_float)
+        check_float("weight_decay", weight_decay, inclusive=True)
         defaults = {
             "lr": lr,
-            "noise_multiplier": noise_multiplier,
+            "sigma": sigma,
             "max_grad_norm": max_grad_norm,
             "projection_radius": projection_radius,
             "weight_decay": weight_decay,
@@ -138,7 +165,7 @@ class SGLD(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            lr, sigma = group["lr"], group["noise_multiplier"]
+            lr, sigma = group["lr"], group["sigma"]
             grads = [
                 p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
                 for p in params

@@ -23,7 +23,7 @@ from lightning_unlearn.accounting import (
 
 def _constants(**overrides: float) -> UnlearningConstants:
     values: dict = dict(
-        alpha=2, c_lsi=0.5, noise_multiplier=2.0, lr=0.05, d0=0.1, d_irr=0.1, target_epsilon=0.5
+        alpha=2, c_lsi=0.5, langevin_sigma=2.0, lr=0.05, d0=0.1, d_irr=0.1, target_epsilon=0.5
     )
     values.update(overrides)
     return UnlearningConstants(**values)

@@ -102,4 +102,4 @@ def test_accounting_validators_are_the_shared_ones() -> None:
     with pytest.raises(InvalidArgumentError, match="`steps` to be an integer >= 0"):
         worst_case_rdp(1.0, 0.1, steps=-1)
     with pytest.raises(InvalidArgumentTypeError, match="`alpha` to be an integer >= 2"):
-        UnlearningConstants(alpha=2.0, c_lsi=1.0, noise_multiplier=1.0, lr=0.1, target_epsilon=1.0)  # type: ignore[arg-type]
+        UnlearningConstants(alpha=2.0, c_lsi=1.0, langevin_sigma=1.0, lr=0.1, target_epsilon=1.0)  # type: ignore[arg-type]

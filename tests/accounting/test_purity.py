@@ -115,6 +115,8 @@ FUNCTIONAL_SCRIPT = _FUNCTIONAL_HEADER + (
         assert not attempts, attempts
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
+        # a base layer: nothing of the data package either (ids come from sample_ids)
+        assert "lightning_unlearn.data" not in sys.modules, "evaluation.functional loaded data"
         print("OK")
         """
     )

@@ -103,7 +103,7 @@ def test_batched_updates_give_the_per_step_ledger(kw: dict[str, Any]) -> None:
         PerInstancePrivacyMonitor(**kw),
     ):
         _fit(batched)
-        assert len(batched._buffer) == 0
+        assert len(batched._online) == 0
         _assert_same_ledger(batched.ledger, ledger)
 
 
@@ -125,7 +125,7 @@ def test_reading_the_ledger_mid_epoch_sees_every_step() -> None:
             batch_idx: int,
         ) -> None:
             self.examples += batch[0].shape[0]
-            buffered = len(self.monitor._buffer)
+            buffered = len(self.monitor._online)
             if batch_idx % 2:
                 counts = self.monitor.ledger.counts
             else:
@@ -163,7 +163,7 @@ def test_checkpoints_hold_the_buffered_steps_and_resume_matches(tmp_path) -> Non
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(LitClassifier("mlp", lr=0.2), data())
     assert crashed._hooks is None
-    assert len(crashed._buffer) == 0  # flushed on the exception...
+    assert len(crashed._online) == 0  # flushed on the exception...
     assert crashed._ledger is not None
     assert int(crashed._ledger.counts.sum()) == n + 5 * b  # ...into the in-memory ledger
 

@@ -155,9 +155,7 @@ def test_huge_or_infinite_p_never_hangs_unlearn(
 def _constants():  # type: ignore[no-untyped-def]
     from lightning_unlearn.accounting import UnlearningConstants
 
-    return UnlearningConstants(
-        alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.05, target_epsilon=1.0
-    )
+    return UnlearningConstants(alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.05, target_epsilon=1.0)
 
 
 # ---------------------------------------------------------------- foreign ledgers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -178,3 +179,37 @@ def test_register_is_idempotent_and_complete() -> None:
     register_norm_samplers()
     for layer_type, sampler in NORM_SAMPLERS.items():
         assert Hooks.NORM_SAMPLERS[layer_type] is sampler
+    expected = {nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm}
+    expected |= {nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Linear, nn.Embedding}
+    assert set(NORM_SAMPLERS) == expected
+    assert NORM_SAMPLERS[nn.Conv2d].__wrapped__ is conv_norm_sample  # type: ignore[attr-defined]
+
+
+def test_samplers_are_registered_once_where_defined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the package registered every sampler; registering again does not happen
+    (nothing is missing from Opacus' registry) and a second sampler for a type raises."""
+    from lightning_unlearn.errors import SamplerRegistrationError
+    from lightning_unlearn.grad_norms import _registry
+
+    calls: list[type] = []
+    real = _registry.register_norm_sampler
+
+    def counting(layer_type: type) -> Any:
+        calls.append(layer_type)
+        return real(layer_type)
+
+    monkeypatch.setattr(_registry, "register_norm_sampler", counting)
+    register_norm_samplers()
+    assert calls == []  # already registered at import: not registered twice
+    with pytest.raises(SamplerRegistrationError, match=r"Conv2d already has.*conv_norm_sample"):
+        _registry.norm_sampler(nn.Conv2d)(linear_norm_sample)
+    assert calls == []
+    assert NORM_SAMPLERS[nn.Conv2d].__wrapped__ is conv_norm_sample  # type: ignore[attr-defined]
+    # A process that reset Opacus' registry (a benchmark timing Opacus' own samplers) gets
+    # exactly the missing ones back.
+    from opacus.grad_sample import GradSampleHooksFastGradientClipping as Hooks
+
+    monkeypatch.setitem(Hooks.NORM_SAMPLERS, nn.GroupNorm, linear_norm_sample)
+    register_norm_samplers()
+    assert calls == [nn.GroupNorm]
+    assert Hooks.NORM_SAMPLERS[nn.GroupNorm] is NORM_SAMPLERS[nn.GroupNorm]

@@ -76,7 +76,7 @@ def _unlearn_path(model: pl.LightningModule, dataset: Any, heldout: Any, ledger:
     """The documented path (docs/tutorials/unlearning.md), nothing model-specific."""
     dm = ForgetRetainDataModule(dataset, [1, 5, 9], heldout=heldout, batch_size=8)
     constants = UnlearningConstants(
-        alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.05, target_epsilon=1.0
+        alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.05, target_epsilon=1.0
     )
     # The bound asks for more steps than these few-step runs trained; allow them, then cap at 6.
     budget = min(compute_budget(ledger, dm, constants=constants, max_steps=1000), 6)

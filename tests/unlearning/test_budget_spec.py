@@ -12,7 +12,7 @@ from lightning_unlearn.errors import BudgetTooLargeError, LedgerMismatchError
 from lightning_unlearn.unlearning import BudgetSpec, compute_budget
 
 CONSTANTS = UnlearningConstants(
-    alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.05, target_epsilon=1.0
+    alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.05, target_epsilon=1.0
 )
 
 

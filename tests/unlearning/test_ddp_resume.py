@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning_unlearn.unlearning import LossCalibratedStopping, UnlearningModule
 from tests.unlearning._digits import quiet_trainer
 
-SGLD_KW = {"lr": 0.3, "noise_multiplier": 0.005, "weight_decay": 5e-3}
+SGLD_KW = {"lr": 0.3, "sgld_sigma": 0.005, "weight_decay": 5e-3}
 
 
 class ReportingUnlearner(UnlearningModule):

@@ -1,8 +1,9 @@
-"""UnlearningModule's objectives, optimizers, errors; budgets; the oracle (tiny, fast)."""
+"""UnlearningModule (unlearning/module.py): objectives, optimizers, checkpoints, errors.
+
+Budgets, stopping, the oracle and the result have their own files beside this one."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,55 +11,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import TensorDataset
 
 from lightning_unlearn import (
     SGLD,
     ForgetRetainDataModule,
-    LedgerMismatchError,
     UnlearningModule,
     UnsupportedModuleError,
 )
-from lightning_unlearn.accounting import PrivacyLedger, StepModel, UnlearningConstants
 from lightning_unlearn.data import IndexedDataset
+from lightning_unlearn.errors import InvalidArgumentError
 from lightning_unlearn.unlearning import (
     METHODS,
-    compute_budget,
     module_state_dict_from_checkpoint,
-    train_oracle,
 )
 from tests.unlearning._digits import quiet_trainer
-
-
-class Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 3)
-        self.seen: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, ids = batch
-        self.seen.extend(ids.tolist())
-        loss = F.cross_entropy(self(x), y)
-        self.log("inner_loss", loss)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _data(n: int = 40) -> TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
-
-
-def _batch(ds: TensorDataset, ids: list[int]):
-
-    items = [IndexedDataset(ds)[i] for i in ids]
-    return torch.utils.data.default_collate(items)
+from tests.unlearning._tiny import Tiny
+from tests.unlearning._tiny import tiny_batch as _batch
+from tests.unlearning._tiny import tiny_data as _data
 
 
 def test_objectives_match_their_definitions() -> None:
@@ -146,6 +115,9 @@ def test_bad_modules_and_arguments_get_named_errors() -> None:
         UnlearningModule(Tiny(), method="forget_everything")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="forget_weight"):
         UnlearningModule(Tiny(), forget_weight=2.0)
+    with pytest.raises(InvalidArgumentError, match=r"`sgld_sigma` of SGLD.*finetune"):
+        UnlearningModule(Tiny(), method="sgld", sgld_sigma=0)
+    UnlearningModule(Tiny(), method="finetune", sgld_sigma=0)  # unused by finetune: accepted
 
     class OwnLoss(UnlearningModule):  # a module without training_step is fine with own losses
         def retain_loss(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -162,89 +134,3 @@ def test_bad_modules_and_arguments_get_named_errors() -> None:
         UnlearningModule(NoLoss()).retain_loss(_batch(ds, [0, 1]), 0)
     with pytest.raises(ValueError, match="forget batch"):
         UnlearningModule(Tiny(), method="neggrad").training_step(_batch(ds, [0, 1]), 0)
-
-
-def _ledger(p: list[float], **metadata: Any) -> PrivacyLedger:
-    ledger = PrivacyLedger(len(p), alphas=(2, 8), metadata=metadata or None)
-    ledger.privacy[:, 1] = torch.tensor(p, dtype=torch.float64)
-    return ledger
-
-
-def test_budget_sources_aggregates_and_monotonicity() -> None:
-    constants = UnlearningConstants(
-        alpha=2, c_lsi=2.0, noise_multiplier=0.5, lr=0.1, target_epsilon=0.5, d0=0.1
-    )
-    p = [0.5, 2.0, 8.0, 30.0, 100.0]
-    ledger = _ledger(p)
-
-    def bound(pv: float) -> int:  # THEORY §5 written out independently
-        c = lambda a: (a - 0.5) / (a - 1)  # noqa: E731
-        spn = 2 * 2.0 / (0.5**2 * 0.1)
-        return max(0, math.ceil(spn * math.log(c(2) * (c(4) * pv + 0.1) / 0.5)))
-
-    assert compute_budget(ledger, [0, 3], constants=constants) == bound(30.0)
-    assert compute_budget(ledger, [0, 3], constants=constants, aggregate="mean") == bound(15.25)
-    assert compute_budget(ledger, [0, 3], constants=constants, aggregate="sum") == bound(30.5)
-    budgets = [compute_budget(ledger, [i], constants=constants) for i in range(5)]
-    assert budgets == sorted(budgets)  # non-decreasing in P
-    assert budgets[-1] > budgets[0]
-    model = StepModel(a=7.0, b=-3.0)
-    assert compute_budget(ledger, [4], step_model=model, order=8) == math.ceil(
-        7.0 * math.log(100.0) - 3.0
-    )
-    assert compute_budget(steps=12) == 12
-
-
-def test_budget_rejects_mismatched_ledgers_and_bad_calls() -> None:
-    constants = UnlearningConstants(
-        alpha=2, c_lsi=1.0, noise_multiplier=1.0, lr=0.1, target_epsilon=1.0
-    )
-    dm = ForgetRetainDataModule(_data(40), [1, 2])
-    with pytest.raises(LedgerMismatchError, match="40-example"):
-        compute_budget(_ledger([1.0] * 30), dm, constants=constants)
-    other = _ledger([1.0] * 40, dataset_fingerprint="0123456789abcdef")
-    with pytest.raises(LedgerMismatchError, match="dataset_fingerprint"):
-        compute_budget(other, dm, constants=constants)
-    with pytest.raises(ValueError, match="exactly one"):
-        compute_budget(_ledger([1.0] * 40), dm)
-    with pytest.raises(ValueError, match="exactly one"):
-        compute_budget(_ledger([1.0] * 40), dm, constants=constants, steps=3)
-    with pytest.raises(ValueError, match="order"):
-        compute_budget(_ledger([1.0] * 40), dm, step_model=StepModel(a=1.0, b=0.0))
-    with pytest.raises(ValueError, match="int >= 0"):
-        compute_budget(steps=-1)
-
-
-def test_train_oracle_retrains_a_fresh_copy_on_the_retain_set_only() -> None:
-
-    dm = ForgetRetainDataModule(IndexedDataset(_data()), [3, 4, 7], batch_size=8)
-    net = Tiny()
-    oracle = train_oracle(net, dm, max_epochs=1, accelerator="cpu")
-    assert type(oracle) is Tiny
-    assert oracle is not net
-    assert sorted(oracle.seen) == dm.retain_ids.tolist()  # one epoch over the retain set only
-    assert not net.seen  # the original is untouched
-
-
-def test_stopping_trajectory_is_logged_to_tensorboard(tmp_path) -> None:
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from lightning_unlearn.unlearning import LossCalibratedStopping
-
-    dm = ForgetRetainDataModule(IndexedDataset(_data()), [0, 6, 9], heldout=10, batch_size=8)
-    stop = LossCalibratedStopping(check_every_n_steps=2, criterion="loss_gap", min_steps=100)
-    logger = TensorBoardLogger(tmp_path, name="unlearn")
-    trainer = quiet_trainer(max_steps=6, logger=logger, callbacks=[stop])
-    unlearner = UnlearningModule(Tiny(), method="finetune", lr=1e-4)
-    trainer.fit(unlearner, datamodule=dm)
-    logger.experiment.flush()
-    events = EventAccumulator(str(logger.log_dir))
-    events.Reload()
-    logged = {e.step: e.value for e in events.Scalars("unlearn/mia_auroc")}
-    assert [r["step"] for r in stop.trajectory] == [0, 2, 4, 6]
-    assert sorted(logged) == [0, 2, 4, 6]
-    for record in stop.trajectory:
-        assert logged[record["step"]] == pytest.approx(record["mia_auroc"], abs=1e-6)
-    gaps = {e.step: e.value for e in events.Scalars("unlearn/loss_gap")}
-    assert gaps[6] == pytest.approx(stop.trajectory[-1]["loss_gap"], abs=1e-5)

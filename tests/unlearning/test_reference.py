@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_unlearn.data import IndexedDataset
+from lightning_unlearn.errors import ForgetSetError
 from lightning_unlearn.evaluation.functional import MeasurementError
 from lightning_unlearn.unlearning.reference import (
     ReferenceModels,
@@ -122,6 +123,10 @@ def test_train_resume_and_statistics(tmp_path) -> None:
     with pytest.raises(MeasurementError, match="at least 3"):
         stats.targets([0, 5])
     targets = stats.targets([0, 5], min_models=2, rule="range")
+    with pytest.raises(ForgetSetError, match="duplicates"):  # the ids enter here, checked once
+        stats.targets([5, 0, 5], min_models=2)
+    with pytest.raises(ForgetSetError, match=rf"in \[0, {NUM}\)"):
+        stats.targets([NUM], min_models=2)
     assert targets.band.lower.tolist() == [float(phi[~mask[:, i], i].min()) for i in (0, 5)]
     tested = stats.phi[0, [0, 5]]
     lira = stats.lira_scores(tested, torch.tensor([0, 5]), global_std=False)

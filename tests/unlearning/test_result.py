@@ -3,6 +3,8 @@ of single-example losses in float64 and scikit-learn's AUROC."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,3 +84,24 @@ def test_diverged_model_reports_none_not_nan() -> None:
         method="neggrad", steps=1, budget=1, stop_reason="budget", after=metrics
     )
     assert UnlearningResult.from_json(record.to_json()).after == metrics  # valid JSON, no NaN
+
+
+def test_result_json_round_trip_and_named_errors(tmp_path) -> None:
+    result = UnlearningResult(
+        method="sgld",
+        steps=7,
+        budget=None,
+        stop_reason="budget",
+        num_forget=3,
+        before={"forget": {"loss": 1.25, "accuracy": 1.0}, "forget_mia_auroc": 0.75},
+        trajectory=[{"step": 0, "mia_auroc": 0.75, "satisfied": False}],
+        extra={"aggregate": "max"},
+    )
+    path = tmp_path / "result.json"
+    text = result.to_json(path)
+    assert path.read_text() == text
+    assert json.loads(text)["before"]["forget"]["loss"] == 1.25
+    assert UnlearningResult.from_json(path) == result
+    assert UnlearningResult.from_json(text) == result
+    with pytest.raises(ValueError, match=r"lacks \['budget', 'stop_reason'\]"):
+        UnlearningResult.from_json('{"method": "sgld", "steps": 1}')

@@ -21,7 +21,8 @@ targets ``[B]``). Three kinds:
 The default, :class:`AutoAdapter`, picks the first or the second per batch (a dict with
 ``input_ids`` is Hugging Face-style). Sample ids never come from the adapter: they come from
 the batch if it carries them, else from the loader's sampler
-(:mod:`lightning_unlearn.data.sampler_ids`). This module imports torch only.
+(:mod:`lightning_unlearn.sample_ids`, a leaf module: this base layer imports nothing of
+:mod:`lightning_unlearn.data`). This module imports torch only.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lightning_unlearn.data.indexed import SAMPLE_ID_KEY, get_sample_ids
-from lightning_unlearn.data.sampler_ids import (
+from lightning_unlearn.errors import MissingSampleIdError
+from lightning_unlearn.sample_ids import (
+    SAMPLE_ID_KEY,
+    get_sample_ids,
     iterate_with_sampler_ids,
     sampler_ids_unreadable_reason,
 )
-from lightning_unlearn.errors import MissingSampleIdError
 
 __all__ = [
     "AdapterLike",
