@@ -6,19 +6,32 @@ Lightning checkpoints of ``fit``) carries ``CHECKSUM_KEY``
 (:func:`~lightning_unlearn.integrity.save_verified`): the
 :func:`~lightning_unlearn.integrity.nested_sha256` of everything else in it. Loading recomputes
 it and raises :class:`~lightning_unlearn.errors.IntegrityError` on a mismatch. Checkpoints are
-always read with ``torch.load(..., weights_only=True)``.
+always read with ``torch.load(..., weights_only=True)``. :func:`save_model` /
+:func:`load_weights` write and read the model files of the commands for any LightningModule.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import lightning
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
 from typing_extensions import override
 
+from lightning_unlearn.errors import CheckpointError
 from lightning_unlearn.integrity import CHECKSUM_KEY, load_verified, save_verified
 
-__all__ = ["CHECKSUM_KEY", "ChecksummedCheckpointIO", "load_verified", "save_verified"]
+__all__ = [
+    "CHECKSUM_KEY",
+    "ChecksummedCheckpointIO",
+    "load_verified",
+    "load_weights",
+    "save_model",
+    "save_verified",
+]
 
 
 class ChecksummedCheckpointIO(TorchCheckpointIO):
@@ -46,3 +59,54 @@ class ChecksummedCheckpointIO(TorchCheckpointIO):
             path, "Lightning checkpoint", "Resume from another checkpoint of this run."
         )
         return result
+
+
+RECORD_KEY = "lightning_unlearn"
+RECORD_VERSION = 2
+_HINT = "pass the `model.ckpt` written by `lightning-unlearn fit` (or `unlearned.ckpt`)."
+
+
+def save_model(model: nn.Module, path: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and a plain ``record`` (the ``model`` / ``data`` configs that
+    built it, the data set's fingerprint, the command), atomically and checksummed.
+
+    The file holds only tensors and plain values, so it loads with ``weights_only=True``; its
+    ``hyper_parameters`` are the model's ``init_args``.
+    """
+    record = json.loads(json.dumps(record))
+    checkpoint = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "hyper_parameters": record.get("model", {}).get("init_args", {}),
+        "pytorch-lightning_version": lightning.__version__,
+        RECORD_KEY: {"version": RECORD_VERSION, **record},
+    }
+    return save_verified(checkpoint, path)
+
+
+def load_weights(module: nn.Module, path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """Load the weights of a :func:`save_model` file into ``module`` (verified, weights only).
+
+    Returns:
+        The file's record.
+
+    Raises:
+        CheckpointError: missing, unreadable, not a lightning-unlearn model checkpoint, or
+            weights that do not fit ``module``.
+        IntegrityError: the embedded checksum is missing or differs.
+    """
+    checkpoint = load_verified(path, what, _HINT, expect_key=RECORD_KEY)
+    if RECORD_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"Expected {str(path)!r} to be a lightning-unlearn model checkpoint (with a "
+            f"{RECORD_KEY!r} entry), but it is not; {_HINT}"
+        )
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"The weights in {what} {str(path)!r} do not fit the configured model "
+            f"{type(module).__name__} ({first}); configure the model it was trained as."
+        ) from None
+    record: dict[str, Any] = checkpoint[RECORD_KEY]
+    return record
