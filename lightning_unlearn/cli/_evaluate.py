@@ -15,9 +15,8 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
-from lightning_unlearn.cli._fit import train_dataset
+from lightning_unlearn.checkpoints import load_weights, train_dataset
 from lightning_unlearn.cli._unlearn import forget_retain
-from lightning_unlearn.cli.checkpointing import load_weights
 from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.errors import CheckpointError
 from lightning_unlearn.evaluation.functional import (

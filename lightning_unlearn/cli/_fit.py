@@ -16,38 +16,12 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
-from lightning_unlearn.cli.checkpointing import save_model
-from lightning_unlearn.data.fingerprint import dataset_fingerprint
+from lightning_unlearn.checkpoints import model_record, save_model, train_dataset
 from lightning_unlearn.errors import OutputWriteError
 from lightning_unlearn.evaluation.functional import per_example_losses
 from lightning_unlearn.integrity import write_json
 
-__all__ = ["describe", "model_record", "write_fit_outputs"]
-
-
-def describe(obj: Any) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` of a module or data module (its plain ``hparams``)."""
-    hparams = json.loads(json.dumps(dict(getattr(obj, "hparams", {}) or {}), default=str))
-    return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}", "init_args": hparams}
-
-
-def train_dataset(datamodule: LightningDataModule) -> Any:
-    """The data set whose positions are the sample ids (the training loader's)."""
-    return datamodule.train_dataloader().dataset
-
-
-def model_record(
-    model: LightningModule, datamodule: LightningDataModule, command: str, **extra: Any
-) -> dict[str, Any]:
-    """The record saved beside a model's weights (:func:`~.checkpointing.save_model`)."""
-    data = train_dataset(datamodule)
-    return {
-        "model": describe(model),
-        "data": describe(datamodule),
-        "dataset_fingerprint": dataset_fingerprint(data, len(data)),
-        "command": command,
-        "extra": extra,
-    }
+__all__ = ["write_fit_outputs"]
 
 
 def _write(path: Path, writer: Callable[[], Any], saved: list[str]) -> None:

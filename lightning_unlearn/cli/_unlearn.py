@@ -20,11 +20,10 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_unlearn.accounting import PrivacyLedger, UnlearningConstants
-from lightning_unlearn.cli._fit import model_record
-from lightning_unlearn.cli.checkpointing import load_weights, save_model
+from lightning_unlearn.checkpoints import load_weights, model_record, save_model
 from lightning_unlearn.data.forget_ids import read_forget_ids
 from lightning_unlearn.data.splits import ForgetRetainDataModule
-from lightning_unlearn.errors import CheckpointError, InvalidArgumentError, LightningUnlearnError
+from lightning_unlearn.errors import CheckpointError, InvalidArgumentError
 from lightning_unlearn.unlearning.audit import audit_record
 from lightning_unlearn.unlearning.budget import Aggregate, compute_budget
 from lightning_unlearn.unlearning.module import UnlearningModule
@@ -41,19 +40,13 @@ _SIGMA_FIELD = next(
 
 
 def load_ledger(path: str) -> PrivacyLedger:
-    """Load and verify a ledger file, with a clear error for a missing or unreadable one."""
-    hint = "pass the `privacy_ledger.pt` written by `lightning-unlearn fit`."
+    """Load and verify a ledger file (damaged files raise ``LedgerIntegrityError``)."""
     if not Path(path).is_file():
-        raise CheckpointError(f"The ledger file {path!r} does not exist; {hint}")
-    try:
-        return PrivacyLedger.load(path, map_location="cpu")
-    except LightningUnlearnError:  # named errors (corrupt, implausible) pass through
-        raise
-    except Exception as err:
         raise CheckpointError(
-            f"Expected {path!r} to be a PrivacyLedger file, but it could not be read "
-            f"({type(err).__name__}: {err}); {hint}"
-        ) from None
+            f"The ledger file {path!r} does not exist; pass the `privacy_ledger.pt` written by "
+            "`lightning-unlearn fit`."
+        )
+    return PrivacyLedger.load(path, map_location="cpu")
 
 
 def bound_constants(bound: Any, ledger: PrivacyLedger, lr: float) -> UnlearningConstants:

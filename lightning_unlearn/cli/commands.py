@@ -25,9 +25,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from lightning_unlearn.cli.checkpointing import ChecksummedCheckpointIO
+from lightning_unlearn.checkpoints import ChecksummedCheckpointIO
 from lightning_unlearn.errors import CheckpointError, InvalidArgumentError, LightningUnlearnError
-from lightning_unlearn.integrity import atomic_write
+from lightning_unlearn.integrity import atomic_write, check_output_dir
 from lightning_unlearn.unlearning.budget import Aggregate
 from lightning_unlearn.unlearning.module import UnlearningModule
 from lightning_unlearn.validation import check_float, check_int
@@ -297,39 +297,6 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def check_output_dir(path: Any, name: str = "output_dir") -> Path:
-    """Check that ``path`` is, or can be created as, a writable directory (nothing created).
-
-    Raises:
-        InvalidArgumentError: it is a file, lies under a file, or is not writable.
-    """
-    import tempfile
-
-    out = Path(str(path))
-    if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(
-            f"Expected `{name}` to be a directory, but {str(out)!r} is a file; pass a directory."
-        )
-    probe = out.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InvalidArgumentError(
-            f"Expected `{name}` {str(out)!r} to be creatable as a directory, but {str(probe)!r} "
-            "is a file; choose another directory."
-        )
-    try:
-        with tempfile.TemporaryFile(dir=probe, prefix=".write-probe-"):
-            pass
-    except OSError as err:
-        raise InvalidArgumentError(
-            f"Expected `{name}` {str(out)!r} to be a writable directory, but {str(probe)!r} is "
-            f"not writable ({err.strerror or err}); choose another directory or fix its "
-            "permissions."
-        ) from None
-    return out
 
 
 def run(argv: list[str]) -> None:

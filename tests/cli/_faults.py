@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lightning_unlearn import PrivacyLedger
-from lightning_unlearn.cli.checkpointing import load_weights
+from lightning_unlearn.checkpoints import load_weights
 from lightning_unlearn.models import MLPClassifier
 
 LEDGER_TENSORS = ("privacy", "counts", "sq_norm_sum", "last_norm")

@@ -18,9 +18,8 @@ from scipy.stats import ks_2samp
 from sklearn.metrics import roc_auc_score
 
 from lightning_unlearn import PrivacyLedger
+from lightning_unlearn.checkpoints import load_weights, model_record, save_model
 from lightning_unlearn.cli import COMMANDS, main
-from lightning_unlearn.cli._fit import model_record
-from lightning_unlearn.cli.checkpointing import load_weights, save_model
 from lightning_unlearn.data.forget_ids import read_forget_ids
 from lightning_unlearn.data.modules import DigitsDataModule
 from lightning_unlearn.data.splits import ForgetRetainDataModule

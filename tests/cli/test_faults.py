@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from lightning_unlearn import PrivacyLedger
+from lightning_unlearn.checkpoints import load_weights, save_model
 from lightning_unlearn.cli import main
-from lightning_unlearn.cli.checkpointing import load_weights, save_model
 from lightning_unlearn.errors import (
     BudgetTooLargeError,
     IntegrityError,

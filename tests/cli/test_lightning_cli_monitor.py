@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_unlearn import PrivacyLedger
+from lightning_unlearn.checkpoints import load_weights
 from lightning_unlearn.cli import main
-from lightning_unlearn.cli.checkpointing import load_weights
 
 
 class CLIModule(pl.LightningModule):
