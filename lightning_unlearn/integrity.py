@@ -37,12 +37,13 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_unlearn.errors import CheckpointError, IntegrityError
+from lightning_unlearn.errors import CheckpointError, IntegrityError, InvalidArgumentError
 
 __all__ = [
     "CHECKSUM_KEY",
     "architecture_fingerprint",
     "atomic_write",
+    "check_output_dir",
     "file_sha256",
     "json_sha256",
     "load_verified",
@@ -344,3 +345,35 @@ def load_verified(
             f"after it was written. Restore it from a good copy or re-create it. {hint}"
         )
     return data
+
+
+def check_output_dir(path: Any, name: str = "output_dir") -> Path:
+    """Check that ``path`` is, or can be created as, a writable directory (nothing is created;
+    a missing directory is judged by its nearest existing ancestor).
+
+    Raises:
+        InvalidArgumentError: it is a file, lies under a file, or is not writable.
+    """
+    out = Path(str(path))
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(
+            f"Expected `{name}` to be a directory, but {str(out)!r} is a file; pass a directory."
+        )
+    probe = out.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidArgumentError(
+            f"Expected `{name}` {str(out)!r} to be creatable as a directory, but {str(probe)!r} "
+            "is a file; choose another directory."
+        )
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"Expected `{name}` {str(out)!r} to be a writable directory, but {str(probe)!r} is "
+            f"not writable ({err.strerror or err}); choose another directory or fix its "
+            "permissions."
+        ) from None
+    return out

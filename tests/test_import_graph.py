@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "lightning_unlearn.unlearning": 6,
     "lightning_unlearn.evaluation": 7,
     "lightning_unlearn.models": 8,
+    "lightning_unlearn.checkpoints": 8,
     "lightning_unlearn.report": 8,
     "lightning_unlearn.experiments": 9,
     "lightning_unlearn.cli": 10,

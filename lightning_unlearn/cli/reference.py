@@ -1,71 +1,79 @@
 """``lightning-unlearn reference``: train K reference models on random halves (resumable).
 
-A thin command over :func:`~lightning_unlearn.unlearning.train_reference_models` for the bundled
-data sets and models; the Python API takes any LightningModule factory and data set.
+A thin command over :func:`~lightning_unlearn.unlearning.train_reference_models`: ``model`` is
+a ``class_path`` of any LightningModule (a fresh one per reference model), ``data`` a data
+module whose training set the halves split.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_unlearn.cli._args import add_common
-from lightning_unlearn.cli.common import make_model
-from lightning_unlearn.cli.fit import add_data_options, datamodule_from_args
+import torch
+from jsonargparse import CLI, lazy_instance
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch.utils.data import DataLoader
 
-__all__ = ["build_parser", "run"]
+from lightning_unlearn.data.modules import DigitsDataModule
+from lightning_unlearn.unlearning.reference import train_reference_models
+from lightning_unlearn.validation import check_int
 
-
-def build_parser(prog: str = "lightning-unlearn reference") -> argparse.ArgumentParser:
-    """The ``reference`` command's parser."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train K reference models (LiRA halves: every example OUT of exactly K/2) "
-        "with the fit recipe; write model_XXX.pt with membership masks, manifest.json and "
-        "reference_stats.pt (per-example loss and logit-scaled confidence) to --output-dir. "
-        "Rerunning resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_data_options(parser)
-    parser.add_argument("--model", choices=["cnn", "mlp"], default="cnn")
-    parser.add_argument("--k", type=int, default=8, help="number of models (even)")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", required=True, help="directory of the models")
-    add_common(parser)
-    return parser
+__all__ = ["reference", "run"]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or finish) the models and write their statistics; returns a summary."""
-    from lightning_unlearn.unlearning.reference import train_reference_models
+def reference(
+    *,
+    output_dir: str,
+    model: Callable[[], LightningModule],
+    data: LightningDataModule = lazy_instance(DigitsDataModule),  # noqa: B008
+    k: int = 8,
+    max_epochs: int = 15,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Train K reference models (LiRA halves: every example OUT of exactly K/2); write
+    model_XXX.pt with membership masks, manifest.json and reference_stats.pt (per-example loss
+    and logit-scaled confidence). Rerunning resumes.
 
-    dm = datamodule_from_args(args)
-    dm.setup()
+    Args:
+        output_dir: directory of the models.
+        model: the model class (``class_path`` / ``init_args``), built afresh for each model.
+        data: the training data.
+        k: number of models (even).
+        max_epochs: training epochs of each model.
+        batch_size: training batch size.
+        seed: seed of the halves, initialisations and shuffles.
+        progress: show a progress bar over the models.
+        threads: torch CPU threads.
+    """
+    if check_int("threads", threads, minimum=0):
+        torch.set_num_threads(threads)
+    data.prepare_data()
+    data.setup("fit")
     refs = train_reference_models(
-        functools.partial(make_model, args.model, dm, lr=args.lr),
-        dm.train_dataset,
-        out_dir=args.output_dir,
-        k=args.k,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        trainer_kwargs={"max_epochs": args.epochs, "accelerator": "auto", "devices": 1},
-        progress=not args.no_progress,
-    )
-    stats = refs.statistics(dm.train_eval_dataloader())
-    stats.save(Path(args.output_dir) / "reference_stats.pt")
-    out = stats.out_moments("phi")
+        model, data, out_dir=output_dir, k=k, seed=seed, batch_size=batch_size,
+        trainer_kwargs={"max_epochs": max_epochs, "accelerator": "auto", "devices": 1},
+        progress=progress,
+    )  # fmt: skip
+    ordered = DataLoader(data.train_dataloader().dataset, batch_size=512, shuffle=False)
+    stats = refs.statistics(ordered)
+    stats.save(Path(output_dir) / "reference_stats.pt")
     summary = {
         "k": refs.k,
         "num_samples": refs.num_samples,
-        "out_phi_mean_median": float(out.mean.nanmedian()),
+        "out_phi_mean_median": float(stats.out_moments("phi").mean.nanmedian()),
         "in_phi_mean_median": float(stats.in_moments("phi").mean.nanmedian()),
-        "stats": str(Path(args.output_dir) / "reference_stats.pt"),
+        "stats": str(Path(output_dir) / "reference_stats.pt"),
     }
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def run(argv: list[str]) -> None:
+    """``lightning-unlearn reference ARGS``."""
+    CLI(reference, args=argv, prog="lightning-unlearn reference", exit_on_error=False)

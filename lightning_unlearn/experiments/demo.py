@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_unlearn.accounting import PrivacyLedger, UnlearningConstants
+from lightning_unlearn.data.forget_ids import write_forget_ids
 from lightning_unlearn.data.modules import TensorSplitDataModule
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.evaluation.functional import forget_sets_by_quantile, steps_to_unlearn
@@ -33,10 +34,9 @@ from lightning_unlearn.experiments.builders import (
     Architecture,
     DatasetName,
     build_datamodule,
-    describe_datamodule,
     make_model,
 )
-from lightning_unlearn.experiments.checkpoints import save_model_checkpoint, write_forget_ids
+from lightning_unlearn.experiments.checkpoints import save_model_checkpoint
 from lightning_unlearn.experiments.pipeline import (
     evaluate_test_split,
     forget_set_barrier,
@@ -290,9 +290,7 @@ def _train(
         progress=settings.progress,
     )
     model.eval()
-    save_model_checkpoint(
-        model, out / "model.ckpt", datamodule=describe_datamodule(dm), extra={"command": "demo"}
-    )
+    save_model_checkpoint(model, out / "model.ckpt", datamodule=dm, command="demo")
     return dm, model, trained.ledger, trained.seconds
 
 

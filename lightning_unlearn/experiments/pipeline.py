@@ -23,10 +23,10 @@ from typing_extensions import override
 
 from lightning_unlearn.accounting import DEFAULT_ALPHAS, PrivacyLedger
 from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
+from lightning_unlearn.checkpoints import ChecksummedCheckpointIO
 from lightning_unlearn.data.modules import TensorSplitDataModule
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.evaluation.functional import loss_barrier, per_example_losses
-from lightning_unlearn.experiments.checkpoints import ChecksummedCheckpointIO
 from lightning_unlearn.models import ClassifierModule
 from lightning_unlearn.unlearning.module import UnlearningModule
 from lightning_unlearn.unlearning.oracle import train_oracle

@@ -17,23 +17,38 @@ import pytest
 import torch
 
 from lightning_unlearn import PrivacyLedger
+from lightning_unlearn.checkpoints import load_weights, save_model
 from lightning_unlearn.cli import main
-from lightning_unlearn.cli.common import load_model_checkpoint, save_model_checkpoint
 from lightning_unlearn.errors import (
     BudgetTooLargeError,
     IntegrityError,
     LedgerIntegrityError,
 )
+from lightning_unlearn.models import MLPClassifier
 from lightning_unlearn.unlearning.budget import compute_budget
 from tests.cli._faults import assert_same_run, data_entries, flip_byte
 
 REPO = Path(__file__).parents[2]
-FIT = ["fit", "--epochs", "2", "--batch-size", "128", "--seed", "3", "--no-progress"]
+QUIET = ["--trainer.enable_progress_bar", "false"]
+DATA = ["--data.init_args.batch_size", "128", "--data.init_args.seed", "3"]
+FIT = ["fit", "--trainer.max_epochs", "2", *DATA, "--seed_everything", "3", *QUIET]
+MLP = ["--model", "lightning_unlearn.models.MLPClassifier", "--model.init_args.input_dim", "64"]
+MODULE = {  # the unlearner's module, as each run was trained
+    "mlp": ["--model.init_args.module", "lightning_unlearn.models.MLPClassifier",
+            "--model.init_args.module.init_args.input_dim", "64"],
+    "cnn": [],
+}  # fmt: skip
 
 
 def _fit(out: Path, *extra: str) -> Path:
-    assert main([*FIT, "--output-dir", str(out), *extra]) == 0
+    assert main([*FIT, "--output_dir", str(out), *extra]) == 0
     return out
+
+
+def _mlp(path: Path) -> MLPClassifier:
+    model = MLPClassifier(input_dim=64)
+    load_weights(model, path)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +56,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Three real `fit` runs on the same digits split: MLP, MLP with another batch size, CNN."""
     root = tmp_path_factory.mktemp("runs")
     return {
-        "mlp": _fit(root / "mlp", "--model", "mlp"),
-        "mlp64": _fit(root / "mlp64", "--model", "mlp", "--batch-size", "64"),
-        "cnn": _fit(root / "cnn", "--model", "cnn"),
+        "mlp": _fit(root / "mlp", *MLP),
+        "mlp64": _fit(root / "mlp64", *MLP, "--data.init_args.batch_size", "64"),
+        "cnn": _fit(root / "cnn"),
     }
 
 
@@ -56,9 +71,9 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -
 
 def _unlearn(run: Path, out: Path, ledger: Path | None = None, *extra: str) -> list[str]:
     return [
-        "unlearn", "--checkpoint", str(run / "model.ckpt"),
-        "--ledger", str(ledger or run / "privacy_ledger.pt"), "--forget-ids", "1,2,3",
-        "--output-dir", str(out), "--no-progress", "--stop", "none", *extra,
+        "unlearn", "--checkpoint", str(run / "model.ckpt"), *MODULE[run.name[:3]], *DATA,
+        "--ledger", str(ledger or run / "privacy_ledger.pt"), "--forget_ids", "1,2,3",
+        "--output_dir", str(out), *QUIET, *extra,
     ]  # fmt: skip
 
 
@@ -78,13 +93,13 @@ def test_unlearn_refuses_a_flipped_ledger_and_checkpoint(
 ) -> None:
     run = runs["mlp"]
     bad_ledger = flip_byte(run / "privacy_ledger.pt", tmp_path / "ledger.pt")
-    err = _error(_unlearn(run, tmp_path / "o", bad_ledger, "--budget-steps", "1"), capsys)
+    err = _error(_unlearn(run, tmp_path / "o", bad_ledger, "--budget_steps", "1"), capsys)
     assert "ledger.pt" in err
     assert "checksum" in err
     bad_ckpt = flip_byte(run / "model.ckpt", tmp_path / "model.ckpt")
     with pytest.raises(IntegrityError, match="embedded checksum"):
-        load_model_checkpoint(bad_ckpt)
-    argv = _unlearn(run, tmp_path / "o", None, "--budget-steps", "1")
+        _mlp(bad_ckpt)
+    argv = _unlearn(run, tmp_path / "o", None, "--budget_steps", "1")
     argv[argv.index("--checkpoint") + 1] = str(bad_ckpt)
     assert "embedded checksum" in _error(argv, capsys)
     assert not (tmp_path / "o" / "result.json").exists()
@@ -95,10 +110,10 @@ def test_resume_refuses_a_flipped_lightning_checkpoint(
 ) -> None:
     last = runs["mlp"] / "checkpoints" / "last.ckpt"
     bad = flip_byte(last, tmp_path / "last.ckpt", entry=0)
-    err = _error([*FIT, "--model", "mlp", "--output-dir", str(tmp_path / "r"), "--ckpt-path",
-                  str(bad)], capsys)  # fmt: skip
+    err = _error([*FIT, *MLP, "--output_dir", str(tmp_path / "r"), "--ckpt_path", str(bad)],
+                 capsys)  # fmt: skip
     assert "embedded checksum" in err
-    err = _error([*FIT, "--output-dir", str(tmp_path / "none"), "--resume"], capsys)
+    err = _error([*FIT, "--output_dir", str(tmp_path / "none"), "--ckpt_path", "last"], capsys)
     assert "no checkpoint to resume from" in err
 
 
@@ -141,7 +156,7 @@ def test_huge_or_infinite_p_never_hangs_unlearn(
     ledger = PrivacyLedger.load(run / "privacy_ledger.pt")
     ledger.privacy[1:4] = 1e300  # finite, plausible, monotone: the bound asks for ~1e5 steps
     ledger.save(tmp_path / "huge.pt")
-    err = _error(_unlearn(run, tmp_path / "o", tmp_path / "huge.pt", "--c-lsi", "1"), capsys)
+    err = _error(_unlearn(run, tmp_path / "o", tmp_path / "huge.pt", "--bound.c_lsi", "1"), capsys)
     assert "more than the maximum" in err
     assert str(ledger.metadata["steps"]) in err  # the run length is the default cap
     # An explicit cap is honoured; the in-memory ledger with inf is an integrity error.
@@ -160,7 +175,7 @@ def _constants():  # type: ignore[no-untyped-def]
 
 # ---------------------------------------------------------------- foreign ledgers
 @pytest.mark.parametrize(("other", "key"), [("mlp64", "batch_size"), ("cnn", "model_fingerprint")])
-@pytest.mark.parametrize("budget", [["--budget-steps", "1"], []])
+@pytest.mark.parametrize("budget", [["--budget_steps", "1"], []])
 def test_a_ledger_of_another_run_on_the_same_data_is_refused(
     runs: dict[str, Path],
     tmp_path: Path,
@@ -180,7 +195,7 @@ def test_a_missing_recording_key_is_a_mismatch(
     ledger = PrivacyLedger.load(runs["mlp"] / "privacy_ledger.pt")
     del ledger.metadata[key]
     ledger.save(tmp_path / "l.pt")  # re-saved: a valid checksum, one key fewer
-    err = _error(_unlearn(runs["mlp"], tmp_path / "o", tmp_path / "l.pt", "--budget-steps", "1"),
+    err = _error(_unlearn(runs["mlp"], tmp_path / "o", tmp_path / "l.pt", "--budget_steps", "1"),
                  capsys)  # fmt: skip
     assert key in err
     assert "has none" in err
@@ -190,25 +205,26 @@ def test_a_missing_recording_key_is_a_mismatch(
 @pytest.mark.parametrize(
     ("yaml", "flags", "match"),
     [
-        ("", ["--epochs", "-1"], "`epochs` to be an integer >= 1"),
-        ("epochs: 2.7\n", [], "`epochs` to be an integer >= 1, but got 2.7"),
-        ("epochs: -1\n", [], "but got -1"),
-        ("epochs: true\n", [], "but got True"),
-        ("", ["--lr", "0"], "`lr` to be a finite number > 0"),
-        ("lr: .nan\n", [], "`lr` to be a finite number"),
-        ("", ["--noise-multiplier", "-1"], "`noise-multiplier`"),
-        ("", ["--batch-size", "0"], "`batch-size`"),
-        ("", ["--max-grad-norm", "-2"], "`max-grad-norm`"),
-        ("model: rnn\n", [], "`--model` to be one of"),
+        ("", ["--trainer.max_epochs", "-1"], "`trainer.max_epochs` to be an integer >= 1"),
+        ("trainer:\n  max_epochs: 2.7\n", [], "trainer.max_epochs"),
+        ("trainer:\n  max_epochs: -1\n", [], "but got -1"),
+        ("trainer:\n  max_epochs: true\n", [], "trainer.max_epochs"),
+        ("", ["--model.init_args.lr", "0"], "`model.init_args.lr` to be a finite number > 0"),
+        ("model:\n  init_args:\n    lr: .nan\n", [], "`model.init_args.lr` to be a finite"),
+        ("", ["--trainer.callbacks.noise_multiplier", "-1"], "noise_multiplier"),
+        ("", ["--data.init_args.batch_size", "0"], "`batch_size`"),
+        ("", ["--trainer.callbacks.max_grad_norm", "-2"], "max_grad_norm"),
+        ("model: rnn\n", [], "rnn"),
+        ("", ["--threads", "-1"], "`threads` to be an integer >= 0"),
     ],
 )
 def test_bad_fit_values_exit_2_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml: str, flags: list[str], match: str
 ) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(yaml or "seed: 0\n")
+    config.write_text(yaml or "seed_everything: 0\n")
     out = tmp_path / "out"
-    err = _error(["fit", "--config", str(config), *flags, "--output-dir", str(out)], capsys)
+    err = _error(["fit", "--config", str(config), *flags, "--output_dir", str(out)], capsys)
     assert match in err
     assert not out.exists()  # refused before anything was created
 
@@ -217,8 +233,8 @@ def test_bad_forget_ids_and_output_dirs_exit_2(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = runs["mlp"]
-    base = _unlearn(run, tmp_path / "o", None, "--budget-steps", "1")
-    i = base.index("--forget-ids") + 1
+    base = _unlearn(run, tmp_path / "o", None, "--budget_steps", "1")
+    i = base.index("--forget_ids") + 1
     for content, match in [
         ("[1.5, 3]", "item 0 is 1.5 (float)"),
         ("[true, 2]", "item 0 is True (bool)"),
@@ -229,18 +245,18 @@ def test_bad_forget_ids_and_output_dirs_exit_2(
         ids.write_text(content)
         base[i] = str(ids)
         assert match in _error(base, capsys)
-    base[i - 1 : i + 1] = ["--forget-ids=-1,3"]  # parsed as ids, not as a file name
+    base[i - 1 : i + 1] = ["--forget_ids=-1,3"]  # parsed as ids, not as a file name
     err = _error(base, capsys)
     assert "[-1]" in err
-    base[i - 1 : i] = ["--forget-ids", "-1,3"]  # also without `=`
+    base[i - 1 : i] = ["--forget_ids", "-1,3"]  # also without `=`
     err = _error(base, capsys)
     assert "[-1]" in err
     assert "[0, 1258)" in err
     afile = tmp_path / "afile"
     afile.write_text("x")
-    argv = _unlearn(run, afile, None, "--budget-steps", "1")
+    argv = _unlearn(run, afile, None, "--budget_steps", "1")
     assert "is a file" in _error(argv, capsys)
-    argv = _unlearn(run, afile / "sub", None, "--budget-steps", "1")
+    argv = _unlearn(run, afile / "sub", None, "--budget_steps", "1")
     assert "is a file" in _error(argv, capsys)
 
 
@@ -262,10 +278,11 @@ def test_a_failing_write_after_training_keeps_the_model(
 ) -> None:
     out = tmp_path / "fit"
     (out / "privacy_ledger.csv").mkdir(parents=True)  # a directory: the CSV cannot replace it
-    err = _error([*FIT, "--model", "mlp", "--epochs", "1", "--output-dir", str(out)], capsys)
+    argv = [*FIT, *MLP, "--trainer.max_epochs", "1", "--output_dir", str(out)]
+    err = _error(argv, capsys)
     assert "privacy_ledger.csv" in err
     assert "model.ckpt" in err  # says what was saved
-    model, _ = load_model_checkpoint(out / "model.ckpt")
+    model = _mlp(out / "model.ckpt")
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
     assert PrivacyLedger.load(out / "privacy_ledger.pt").num_samples == 1258
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -355,11 +372,11 @@ def test_kill_9_during_a_large_csv_export_keeps_the_previous_csv(tmp_path: Path)
 @pytest.mark.slow
 def test_kill_9_during_fit_then_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     epochs, kill_after = 8, random.randint(1, 4)
-    argv = ["fit", "--model", "mlp", "--epochs", str(epochs), "--batch-size", "64", "--seed", "1",
-            "--no-progress"]  # fmt: skip
+    argv = ["fit", *MLP, "--trainer.max_epochs", str(epochs), "--data.init_args.batch_size", "64",
+            "--data.init_args.seed", "1", "--seed_everything", "1", *QUIET]  # fmt: skip
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lightning_unlearn.cli", *argv, "--output-dir", str(killed)],
+        [sys.executable, "-m", "lightning_unlearn.cli", *argv, "--output_dir", str(killed)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -375,11 +392,11 @@ def test_kill_9_during_fit_then_resume_equals_the_uninterrupted_run(tmp_path: Pa
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "model.ckpt").exists(), "the kill landed after training had finished"
-    assert main([*argv, "--output-dir", str(killed), "--resume"]) == 0
+    assert main([*argv, "--output_dir", str(killed), "--ckpt_path", "last"]) == 0
     summary = json.loads((killed / "fit_summary.json").read_text())
     assert summary["resumed_from"].endswith("last.ckpt")
     full = tmp_path / "full"
-    assert main([*argv, "--output-dir", str(full)]) == 0
+    assert main([*argv, "--output_dir", str(full)]) == 0
     assert_same_run(full, killed)  # 1e-12, at whichever epoch boundary last.ckpt held
 
 
@@ -391,7 +408,7 @@ def test_audit_verifies_and_detects_a_replaced_model(
     from lightning_unlearn.unlearning.result import UnlearningResult
 
     out = tmp_path / "u"
-    assert main(_unlearn(runs["mlp"], out, None, "--budget-steps", "3")) == 0
+    assert main(_unlearn(runs["mlp"], out, None, "--budget_steps", "3")) == 0
     result = UnlearningResult.from_json(out / "result.json")
     audit = result.audit
     assert audit["forget_ids"] == {
@@ -400,7 +417,7 @@ def test_audit_verifies_and_detects_a_replaced_model(
         "sha256": audit["forget_ids"]["sha256"],
     }
     assert audit["budget"] == 3
-    assert audit["budget_source"] == "fixed --budget-steps"
+    assert audit["budget_source"] == "fixed budget_steps"
     assert audit["steps"] == 3
     assert audit["stop_reason"] == "budget"
     assert audit["model_sha256_before"] != audit["model_sha256_after"]
@@ -410,15 +427,16 @@ def test_audit_verifies_and_detects_a_replaced_model(
     )
     assert {"python", "torch", "lightning", "opacus", "lightning_unlearn"} <= set(audit["versions"])
     capsys.readouterr()
-    assert main(["audit", str(out / "result.json"), "--forget-ids", "3,2,1"]) == 0
+    assert main(["audit", str(out / "result.json"), "--forget_ids", "3,2,1"]) == 0
     assert len(verify_audit(audit)) == 4
     # Replace the unlearned model by another one that is a valid checkpoint (right checksum).
-    model, info = load_model_checkpoint(out / "unlearned.ckpt")
+    model = MLPClassifier(input_dim=64)
+    record = load_weights(model, out / "unlearned.ckpt")
     with torch.no_grad():
         next(model.parameters()).add_(1e-6)
-    save_model_checkpoint(model, out / "unlearned.ckpt", datamodule=info["datamodule"])
+    save_model(model, out / "unlearned.ckpt", record)
     err = _error(["audit", str(out / "result.json")], capsys, code=1)
     assert "model hash after" in err
-    err = _error(["audit", str(out / "result.json"), "--forget-ids", "1,2"], capsys, code=1)
+    err = _error(["audit", str(out / "result.json"), "--forget_ids", "1,2"], capsys, code=1)
     assert "forget ids" in err
     assert "does not exist" in _error(["audit", str(tmp_path / "nope.json")], capsys)

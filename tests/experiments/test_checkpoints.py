@@ -1,5 +1,5 @@
 """The experiments' checkpoint files: safe, checksummed, and the same format `lightning-unlearn
-unlearn` / `evaluate` read (cli/common.py keeps its own reader until the CLI uses this one)."""
+fit` writes, so `unlearn` / `evaluate` read them and check their data set's fingerprint."""
 
 from __future__ import annotations
 
@@ -8,20 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_unlearn.cli.common import load_model_checkpoint as cli_load
-from lightning_unlearn.cli.common import read_forget_ids
-from lightning_unlearn.cli.common import save_model_checkpoint as cli_save
-from lightning_unlearn.errors import IntegrityError
-from lightning_unlearn.experiments.checkpoints import (
-    ChecksummedCheckpointIO,
-    load_model_checkpoint,
-    save_model_checkpoint,
-    write_forget_ids,
-)
+from lightning_unlearn.checkpoints import load_weights
+from lightning_unlearn.data.fingerprint import dataset_fingerprint
+from lightning_unlearn.data.forget_ids import read_forget_ids, write_forget_ids
+from lightning_unlearn.errors import CheckpointError, IntegrityError
+from lightning_unlearn.experiments.builders import build_datamodule, datamodule_from_description
+from lightning_unlearn.experiments.checkpoints import load_model_checkpoint, save_model_checkpoint
 from lightning_unlearn.models import GroupNormCNN
 from tests.cli._faults import flip_byte
-
-DESCRIPTION = {"name": "digits", "hparams": {"batch_size": 64, "seed": 0}}
 
 
 def _model() -> GroupNormCNN:
@@ -29,36 +23,51 @@ def _model() -> GroupNormCNN:
     return GroupNormCNN(in_channels=1, num_classes=10, input_size=8, lr=0.1)
 
 
-@pytest.mark.parametrize(("save", "load"), [(save_model_checkpoint, load_model_checkpoint),
-                                            (save_model_checkpoint, cli_load),
-                                            (cli_save, load_model_checkpoint)])  # fmt: skip
-def test_round_trip_and_compatible_with_the_command_line(save, load, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    model = _model()
-    save(model, tmp_path / "m.ckpt", datamodule=DESCRIPTION, extra={"command": "demo"})
-    loaded, info = load(tmp_path / "m.ckpt")
+def _dm():  # type: ignore[no-untyped-def]
+    dm = build_datamodule("digits", batch_size=64, seed=0)
+    dm.setup()
+    return dm
+
+
+def test_round_trip_rebuilds_the_bundled_model_and_data(tmp_path: Path) -> None:
+    model, dm = _model(), _dm()
+    save_model_checkpoint(model, tmp_path / "m.ckpt", datamodule=dm, command="demo", seed=3)
+    loaded, record = load_model_checkpoint(tmp_path / "m.ckpt")
     assert type(loaded) is GroupNormCNN
-    assert info["datamodule"] == DESCRIPTION
-    assert info["extra"] == {"command": "demo"}
+    assert (record["command"], record["extra"]) == ("demo", {"seed": 3})
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+    rebuilt = datamodule_from_description(record["bundled"]["datamodule"])
+    rebuilt.setup()
+    data, again = dm.train_dataset, rebuilt.train_dataset
+    assert dataset_fingerprint(again, len(again)) == dataset_fingerprint(data, len(data))
+
+
+def test_the_command_line_reads_it_and_its_fingerprint(tmp_path: Path) -> None:
+    model, dm = _model(), _dm()
+    path = save_model_checkpoint(model, tmp_path / "m.ckpt", datamodule=dm, command="demo")
+    fresh = GroupNormCNN(in_channels=1, num_classes=10, input_size=8, lr=0.1)
+    record = load_weights(fresh, path)  # the reader of `unlearn` / `evaluate`
+    data = dm.train_dataset
+    assert record["dataset_fingerprint"] == dataset_fingerprint(data, len(data))
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
 
 
 def test_a_flipped_byte_is_refused(tmp_path: Path) -> None:
-    path = save_model_checkpoint(_model(), tmp_path / "m.ckpt", datamodule=DESCRIPTION)
+    path = save_model_checkpoint(_model(), tmp_path / "m.ckpt", datamodule=_dm(), command="t")
     bad = flip_byte(path, tmp_path / "bad.ckpt")  # inside a tensor's data: loads, wrong weights
     with pytest.raises(IntegrityError):
         load_model_checkpoint(bad)
 
 
-def test_checkpoint_io_round_trip(tmp_path: Path) -> None:
-    io = ChecksummedCheckpointIO()
-    state = {"state_dict": {"w": torch.arange(4.0)}, "epoch": 3}
-    io.save_checkpoint(state, tmp_path / "c.ckpt")
-    loaded = io.load_checkpoint(tmp_path / "c.ckpt")
-    assert loaded["epoch"] == 3
-    assert torch.equal(loaded["state_dict"]["w"], torch.arange(4.0))
-    with pytest.raises(TypeError, match="storage_options"):
-        io.save_checkpoint(state, tmp_path / "d.ckpt", storage_options={"x": 1})
+def test_a_checkpoint_of_another_model_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from lightning_unlearn.checkpoints import model_record, save_model
+
+    dm = _dm()
+    path = save_model(_model(), tmp_path / "fit.ckpt", model_record(_model(), dm, "fit"))
+    with pytest.raises(CheckpointError, match="load_weights"):
+        load_model_checkpoint(path)
 
 
 def test_forget_ids_are_what_unlearn_reads(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_demo_tiny_scale_writes_report_with_numbers(tmp_path: Path) -> None:
 
     # the "original" rows are evaluate_splits of the saved model on the saved forget set
     model, info = load_model_checkpoint(out / "model.ckpt")
-    dm = datamodule_from_description(info["datamodule"])
+    dm = datamodule_from_description(info["bundled"]["datamodule"])
     dm.setup()
     ids = torch.tensor(json.loads((out / "forget_ids_high.json").read_text()))
     frdm = ForgetRetainDataModule(dm.train_dataset, ids, heldout=dm.test_dataset, batch_size=64)  # type: ignore[arg-type]

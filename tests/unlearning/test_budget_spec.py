@@ -11,9 +11,7 @@ from lightning_unlearn.accounting import PrivacyLedger, UnlearningConstants, unl
 from lightning_unlearn.errors import BudgetTooLargeError, LedgerMismatchError
 from lightning_unlearn.unlearning import BudgetSpec, compute_budget
 
-CONSTANTS = UnlearningConstants(
-    alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.05, target_epsilon=1.0
-)
+CONSTANTS = UnlearningConstants(alpha=2, c_lsi=1.0, langevin_sigma=1.0, lr=0.05, target_epsilon=1.0)
 
 
 def _ledger(p: list[float]) -> PrivacyLedger:
