@@ -169,7 +169,7 @@ def test_wrong_paths_and_files_give_clear_errors(
 
 def test_read_forget_ids_formats(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text("[3, 1, 2]")
-    assert read_forget_ids(str(tmp_path / "a.json")).tolist() == [3, 1, 2]
+    assert read_forget_ids(str(tmp_path / "a.json")).tolist() == [1, 2, 3]  # canonical: sorted
     assert read_forget_ids("4,5").tolist() == [4, 5]
 
 
