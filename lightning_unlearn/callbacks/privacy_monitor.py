@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -93,6 +93,8 @@ from lightning_unlearn.grad_norms import GradSampleMode, NormHooks, attach_norm_
 from lightning_unlearn.integrity import tensors_sha256
 
 __all__ = ["MONITOR_STATE_VERSION", "PerInstancePrivacyMonitor"]
+
+_OPTIONS = frozenset(f.name for f in fields(MonitorConfig) if f.init)
 
 
 class PerInstancePrivacyMonitor(Callback):
@@ -231,6 +233,13 @@ class PerInstancePrivacyMonitor(Callback):
     def from_config(cls, config: MonitorConfig) -> PerInstancePrivacyMonitor:
         """A monitor with the options of ``config`` (the same as its flat keyword arguments)."""
         return cls(**config.options())
+
+    def __getattr__(self, name: str) -> Any:
+        """The options as read-only attributes (``monitor.delta``, ...), from :attr:`config`."""
+        config = self.__dict__.get("config")  # absent while unpickling (ddp_spawn)
+        if config is not None and name in _OPTIONS:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _setup(self, config: MonitorConfig) -> None:
         self.config = config
