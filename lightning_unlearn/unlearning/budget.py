@@ -10,6 +10,7 @@ set costs less than unlearning (:class:`~lightning_unlearn.errors.BudgetTooLarge
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.data.splits import ForgetRetainDataModule, validate_forget_ids
 from lightning_unlearn.errors import BudgetTooLargeError, LedgerIntegrityError, LedgerMismatchError
 from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
+from lightning_unlearn.unlearning.calibration import BudgetCalibration, CalibrationError
 from lightning_unlearn.validation import check_int
 
 __all__ = [
@@ -211,10 +213,18 @@ def compute_budget(
     expected_metadata: Mapping[str, Any] | None = None,
     model: nn.Module | None = None,
     max_steps: int | None = None,
+    calibration: BudgetCalibration | str | os.PathLike[str] | None = None,
 ) -> int:
     r"""The number of unlearning steps for a forget set: use it as ``Trainer(max_steps=...)``.
 
     Exactly one source:
+
+    * ``calibration`` (the default of the documented path when one is saved: issue 15), a
+      :class:`~lightning_unlearn.unlearning.calibration.BudgetCalibration` (or its file)
+      fitted from the reference models and this ledger, no user constant: the budget is the
+      *upper* end of its prediction interval for the forget set (the calibrated stop rule
+      ends the run earlier); see :func:`~lightning_unlearn.unlearning.request_report.
+      resolve_budget` for the budget with its source and interval.
 
     * ``constants`` (THEORY §5, with the constants spelled out; our derivation from [C24] and
       [M17], see :func:`~lightning_unlearn.accounting.unlearning_steps`):
@@ -255,6 +265,7 @@ def compute_budget(
         model: the trained model being unlearned: the ledger must record its architecture
             and exactly these weights (``model_fingerprint``, ``model_sha256``).
         max_steps: the largest budget allowed (default: see :func:`budget_cap`).
+        calibration: a fitted budget calibration or the path of its file.
 
     Returns:
         The budget, an int ``>= 0``.
@@ -277,11 +288,12 @@ def compute_budget(
         >>> compute_budget(steps=7)
         7
     """
-    sources = sum(x is not None for x in (constants, step_model, steps))
+    sources = sum(x is not None for x in (constants, step_model, steps, calibration))
     if sources != 1:
         raise ValueError(
-            "Expected exactly one of `constants`, `step_model` or `steps`, but got "
-            f"{sources}; pass the bound's constants, a fitted step model, or a fixed number."
+            "Expected exactly one of `calibration`, `constants`, `step_model` or `steps`, but "
+            f"got {sources}; pass a budget calibration, the bound's constants, a fitted step "
+            "model, or a fixed number."
         )
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ValueError(f"Expected `steps` to be an int >= 0, but got {steps!r}.")
@@ -314,6 +326,8 @@ def compute_budget(
             "privacy losses, but got None."
         )
     cap = budget_cap(ledger, max_steps)
+    if calibration is not None:
+        return _calibrated(ledger, forget, calibration, aggregate, cap)
     if constants is not None:
         p = forget_privacy_loss(ledger, forget, constants.privacy_order, aggregate)
         k = int(unlearning_steps(p, constants).item())
@@ -322,3 +336,30 @@ def compute_budget(
     assert order is not None
     p = forget_privacy_loss(ledger, forget, order, aggregate)
     return _capped(int(step_model.predict(p, rounding="ceil").item()), p, order, aggregate, cap)
+
+
+def _calibrated(
+    ledger: PrivacyLedger,
+    forget: Sequence[int] | torch.Tensor,
+    calibration: BudgetCalibration | str | os.PathLike[str],
+    aggregate: str,
+    cap: tuple[int, str],
+) -> int:
+    """The upper end of a calibration's interval for ``forget``, capped like the others."""
+    cal = (
+        calibration
+        if isinstance(calibration, BudgetCalibration)
+        else BudgetCalibration.load(calibration)
+    )
+    recorded = cal.metadata.get("num_samples")
+    if recorded is not None and recorded != ledger.num_samples:
+        raise CalibrationError(
+            f"Expected a budget calibration of this {ledger.num_samples}-example data set, but it "
+            f"was fitted on {recorded} examples; refit it with `calibrate_budget`."
+        )
+    ids = validate_forget_ids(forget, ledger.num_samples)
+    p = ledger.privacy_loss(cal.order).double()[ids.to(ledger.privacy.device)].cpu()
+    high = cal.predict(p).high
+    value = float(forget_set_privacy_loss(p, torch.arange(p.numel()), "max"))
+    k = max(cal.cap, cap[0]) + 1 if math.isinf(high) else int(high)
+    return _capped(k, value, cal.order, f"{aggregate}, calibrated upper end", cap)
