@@ -100,7 +100,9 @@ def _data(sc: Scale, seed: int) -> tuple[IndexedDataset, Any, torch.Tensor]:
 def _train(sc: Scale, train: IndexedDataset, seed: int) -> tuple[MLPClassifier, Any]:
     pl.seed_everything(seed, verbose=False)
     model = make_model(sc.hidden)
-    monitor = PerInstancePrivacyMonitor(noise_multiplier=1.0, alphas=(2, ORDER), log_histograms=False)
+    monitor = PerInstancePrivacyMonitor(
+        noise_multiplier=1.0, alphas=(2, ORDER), log_histograms=False
+    )
     loader = DataLoader(train, batch_size=BATCH, sampler=EpochSeededSampler(len(train), seed))
     pl.Trainer(
         max_epochs=sc.epochs,
@@ -114,7 +116,9 @@ def _train(sc: Scale, train: IndexedDataset, seed: int) -> tuple[MLPClassifier, 
     return model.eval(), monitor.ledger.to("cpu")
 
 
-def _forget_sets(sc: Scale, p: torch.Tensor, wrong: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+def _forget_sets(
+    sc: Scale, p: torch.Tensor, wrong: torch.Tensor, seed: int
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(20_011 + seed)
     n = p.numel()
     clean = torch.ones(n, dtype=torch.bool)
@@ -123,7 +127,11 @@ def _forget_sets(sc: Scale, p: torch.Tensor, wrong: torch.Tensor, seed: int) -> 
     order = order[clean[order]]
 
     def pick(lo: float, hi: float) -> torch.Tensor:
-        pool = order[int(lo * order.numel()) : max(int(lo * order.numel()) + sc.size, int(hi * order.numel()))]
+        pool = order[
+            int(lo * order.numel()) : max(
+                int(lo * order.numel()) + sc.size, int(hi * order.numel())
+            )
+        ]
         return pool[torch.randperm(pool.numel(), generator=g)[: sc.size]].sort().values
 
     return {
@@ -141,13 +149,19 @@ def _oracles(
     out = []
     for m in range(sc.oracles):
         oseed = seed * 1000 + 10 * kind + m + 1
-        oracle = train_oracle(make_model(sc.hidden), frdm, seed=oseed, max_epochs=sc.epochs, **TRAINER)
+        oracle = train_oracle(
+            make_model(sc.hidden), frdm, seed=oseed, max_epochs=sc.epochs, **TRAINER
+        )
         # The rule's own check on a model that never saw the set: flagged should be <= tolerance.
-        out.append({**evaluate_splits(oracle, frdm), "out_flagged": _verify(rule, oracle, frdm)["flagged"]})
+        out.append(
+            {**evaluate_splits(oracle, frdm), "out_flagged": _verify(rule, oracle, frdm)["flagged"]}
+        )
     return out
 
 
-def _fixed(model: Any, frdm: ForgetRetainDataModule, epochs: int, per_epoch: int, seed: int) -> dict[str, Any]:
+def _fixed(
+    model: Any, frdm: ForgetRetainDataModule, epochs: int, per_epoch: int, seed: int
+) -> dict[str, Any]:
     pl.seed_everything(seed, verbose=False)
     student = copy.deepcopy(model).train()
     unlearner = UnlearningModule(student, method="finetune", lr=UNLEARN_LR, seed=seed)
@@ -161,7 +175,12 @@ def _fixed(model: Any, frdm: ForgetRetainDataModule, epochs: int, per_epoch: int
         **TRAINER,
     ).fit(unlearner, datamodule=frdm)
     assert unlearner.result is not None
-    return {"epochs": epochs, "steps": unlearner.result.steps, "after": unlearner.result.after, "student": student}
+    return {
+        "epochs": epochs,
+        "steps": unlearner.result.steps,
+        "after": unlearner.result.after,
+        "student": student,
+    }
 
 
 def _band(values: list[float]) -> list[float]:
@@ -188,51 +207,79 @@ def judge(after: dict[str, Any], oracles: list[dict[str, Any]]) -> dict[str, Any
     for split in ("retain", "heldout"):
         mean = sum(o[split]["accuracy"] for o in oracles) / len(oracles)
         value = after[split]["accuracy"]
-        out[f"{split}_accuracy"] = {"value": value, "oracle_mean": mean, "within_1pt": bool(abs(value - mean) <= 0.01)}
-    out["all_within"] = all(out[k]["within"] for k in ("forget_loss", "forget_accuracy", "forget_mia_auroc")) and all(
-        out[f"{s}_accuracy"]["within_1pt"] for s in ("retain", "heldout")
-    )
+        out[f"{split}_accuracy"] = {
+            "value": value,
+            "oracle_mean": mean,
+            "within_1pt": bool(abs(value - mean) <= 0.01),
+        }
+    out["all_within"] = all(
+        out[k]["within"] for k in ("forget_loss", "forget_accuracy", "forget_mia_auroc")
+    ) and all(out[f"{s}_accuracy"]["within_1pt"] for s in ("retain", "heldout"))
     return out
 
 
-def _one_set(sc: Scale, seed: int, kind_idx: int, ids: torch.Tensor, ctx: dict[str, Any]) -> dict[str, Any]:
-    train, test, model, ledger, rule, cal = (ctx[k] for k in ("train", "test", "model", "ledger", "rule", "cal"))
+def _one_set(
+    sc: Scale, seed: int, kind_idx: int, ids: torch.Tensor, ctx: dict[str, Any]
+) -> dict[str, Any]:
+    train, test, model, ledger, rule, cal = (
+        ctx[k] for k in ("train", "test", "model", "ledger", "rule", "cal")
+    )
     frdm = ForgetRetainDataModule(train, ids, heldout=test, batch_size=BATCH, seed=seed)
     per_epoch = math.ceil(frdm.retain_ids.numel() / BATCH)
     retrain = sc.epochs * per_epoch
     oracles = _oracles(sc, frdm, seed, kind_idx, rule)
-    kwargs = {"ledger": ledger, "calibration": cal, "retrain_steps": retrain, "lr": UNLEARN_LR, "hold": HOLD}
+    kwargs = {
+        "ledger": ledger,
+        "calibration": cal,
+        "retrain_steps": retrain,
+        "lr": UNLEARN_LR,
+        "hold": HOLD,
+    }
     _, report = calibrated_unlearn(model, frdm, rule, seed=seed, trainer_kwargs=TRAINER, **kwargs)
-    row: dict[str, Any] = {"seed": seed, "kind": KINDS[kind_idx], "ids": ids.tolist(), "retrain_steps": retrain}
+    row: dict[str, Any] = {
+        "seed": seed,
+        "kind": KINDS[kind_idx],
+        "ids": ids.tolist(),
+        "retrain_steps": retrain,
+    }
     row["P_max"] = float(ledger.privacy_loss(ORDER)[ids].max())
     row["report"] = json.loads(report.to_json())
     row["oracles"] = oracles
     measured = report
     if report.recommendation == "retrain":  # check the recommendation: run anyway, up to retraining
-        _, measured = calibrated_unlearn(model, frdm, rule, seed=seed, trainer_kwargs=TRAINER, run_anyway=True, **kwargs)
+        _, measured = calibrated_unlearn(
+            model, frdm, rule, seed=seed, trainer_kwargs=TRAINER, run_anyway=True, **kwargs
+        )
         row["check_run"] = json.loads(measured.to_json())
         row["retrain_needed"] = measured.stop_reason not in ("calibrated", "already_out")
     else:
         row["judge"] = judge(report.after, oracles)
-    arrival = measured.arrival_step if measured.stop_reason in ("calibrated", "already_out") else None
+    arrival = (
+        measured.arrival_step if measured.stop_reason in ("calibrated", "already_out") else None
+    )
     b = report.budget
     row["arrival_step"] = arrival
     high = math.inf if b["high"] is None else b["high"]
     row["covered"] = bool(
-        (arrival is not None and b["low"] <= arrival <= high) or (arrival is None and math.isinf(high))
+        (arrival is not None and b["low"] <= arrival <= high)
+        or (arrival is None and math.isinf(high))
     )
     fixed = []
     for epochs in FIXED_EPOCHS:
         f = _fixed(model, frdm, epochs, per_epoch, seed)
         verification = _verify(rule, f.pop("student"), frdm)
-        fixed.append({**f, "judge": judge(f["after"], oracles), "out_flagged": verification["flagged"]})
+        fixed.append(
+            {**f, "judge": judge(f["after"], oracles), "out_flagged": verification["flagged"]}
+        )
     row["fixed"] = fixed
     return row
 
 
 def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
     train, test, wrong = _data(sc, seed)
-    _say(f"seed {seed}: {len(train)} digits ({wrong.numel()} mislabelled), training with the monitor")
+    _say(
+        f"seed {seed}: {len(train)} digits ({wrong.numel()} mislabelled), training with the monitor"
+    )
     model, ledger = _train(sc, train, seed)
     _say(f"seed {seed}: {sc.k} reference models")
     refs = train_reference_models(
@@ -247,7 +294,9 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
     )
     stats = refs.statistics(DataLoader(train, batch_size=512))
     probe_dm = ForgetRetainDataModule(train, [0], heldout=test, batch_size=BATCH)
-    rule = OutRule.from_reference(stats, heldout=reference_heldout_values(refs, probe_dm.heldout_dataloader()))
+    rule = OutRule.from_reference(
+        stats, heldout=reference_heldout_values(refs, probe_dm.heldout_dataloader())
+    )
     _say(f"seed {seed}: calibrating the budget ({sc.k} runs)")
     per_epoch_ref = math.ceil(len(train) / 2 / BATCH)
     cal = calibrate_budget(
@@ -268,10 +317,17 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
     cal.save(out / f"seed{seed}" / "calibration.json")
     ctx = {"train": train, "test": test, "model": model, "ledger": ledger, "rule": rule, "cal": cal}
     rows = []
-    for i, (kind, ids) in enumerate(_forget_sets(sc, ledger.privacy_loss(ORDER).cpu(), wrong, seed).items()):
+    for i, (kind, ids) in enumerate(
+        _forget_sets(sc, ledger.privacy_loss(ORDER).cpu(), wrong, seed).items()
+    ):
         _say(f"seed {seed}: forget set {kind}")
         row = _one_set(sc, seed, i, ids, ctx)
-        row["calibration"] = {"a": cal.a, "b": cal.b, "num_points": cal.num_points, "num_censored": cal.num_censored}
+        row["calibration"] = {
+            "a": cal.a,
+            "b": cal.b,
+            "num_points": cal.num_points,
+            "num_censored": cal.num_censored,
+        }
         row["rule_rates_mean"] = float(rule.rates.mean())
         row["ref_steps_per_epoch"] = per_epoch_ref
         rows.append(row)
@@ -285,24 +341,30 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     low = [r for r in ran if r["kind"] == "low_p"]
     high = [r for r in rows if r["kind"] == "high_p"]
     fixed_unlearns_high = {
-        e: all(not f["judge"]["under_unlearned"] for r in high for f in r["fixed"] if f["epochs"] == e)
+        e: all(
+            not f["judge"]["under_unlearned"] for r in high for f in r["fixed"] if f["epochs"] == e
+        )
         for e in FIXED_EPOCHS
     }
     smallest = next((e for e in FIXED_EPOCHS if fixed_unlearns_high[e]), None)
     low_steps = sum(r["report"]["steps_used"] for r in low) / len(low) if low else math.nan
     fixed_steps = None
     if smallest is not None and high:
-        fixed_steps = sum(f["steps"] for r in high for f in r["fixed"] if f["epochs"] == smallest) / len(high)
+        fixed_steps = sum(
+            f["steps"] for r in high for f in r["fixed"] if f["epochs"] == smallest
+        ) / len(high)
     return {
         "num_sets": len(rows),
         "num_ran": len(ran),
         "num_sent_to_retrain": len(sent),
         "ran_all_within": sum(r["judge"]["all_within"] for r in ran),
         "ran_forget_within": {
-            k: sum(r["judge"][k]["within"] for r in ran) for k in ("forget_loss", "forget_accuracy", "forget_mia_auroc")
+            k: sum(r["judge"][k]["within"] for r in ran)
+            for k in ("forget_loss", "forget_accuracy", "forget_mia_auroc")
         },
         "ran_utility_within_1pt": {
-            s: sum(r["judge"][f"{s}_accuracy"]["within_1pt"] for r in ran) for s in ("retain", "heldout")
+            s: sum(r["judge"][f"{s}_accuracy"]["within_1pt"] for r in ran)
+            for s in ("retain", "heldout")
         },
         "mean_compute_fraction_ran": sum(fractions) / len(fractions) if fractions else math.nan,
         "retrain_recommendations_confirmed": sum(r["retrain_needed"] for r in sent),
@@ -310,7 +372,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "smallest_fixed_epochs_unlearning_high_p": smallest,
         "low_p_mean_calibrated_steps": low_steps,
         "fixed_steps_unlearning_high_p": fixed_steps,
-        "calibrated_high_p_under_unlearned": sum(r["judge"]["under_unlearned"] for r in high if "judge" in r),
+        "calibrated_high_p_under_unlearned": sum(
+            r["judge"]["under_unlearned"] for r in high if "judge" in r
+        ),
         "interval_coverage": sum(r["covered"] for r in rows) / len(rows),
         "oracles_passing_out_rule": sum(
             o["out_flagged"] <= r["report"]["verification_before"]["tolerance"]
@@ -327,28 +391,45 @@ def markdown(results: dict[str, Any]) -> str:
         f"# Calibrated unlearning on digits (scale `{s['scale']}`)",
         "",
         f"Command: `{results['command']}`; {s['seeds']} seed(s), K = {s['k']} reference models, "
-        f"{s['oracles']} oracles per set, forget sets of {s['size']}, {s['epochs']} training epochs. "
-        f"Took {results['seconds']} s.",
+        f"{s['oracles']} oracles per set, forget sets of {s['size']}, "
+        f"{s['epochs']} training epochs. Took {results['seconds']} s.",
         "",
-        "| seed | set | P max | budget [low, high] | recommendation | steps used | stop | "
-        "arrival | covered | flagged before -> after (tol) | within oracles | fraction of retrain |",
+        "| seed | set | P max | budget [low, high] | recommendation | steps used | stop "
+        "| arrival | covered | flagged before -> after (tol) | within oracles "
+        "| fraction of retrain |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         rep, b = r["report"], r["report"]["budget"]
         va, vb = rep["verification_after"], rep["verification_before"]
         after = f"{va['flagged']}" if va else "-"
-        within = "retrain needed: " + str(r["retrain_needed"]) if "retrain_needed" in r else str(r["judge"]["all_within"])
+        within = (
+            "retrain needed: " + str(r["retrain_needed"])
+            if "retrain_needed" in r
+            else str(r["judge"]["all_within"])
+        )
         lines.append(
-            f"| {r['seed']} | {r['kind']} | {r['P_max']:.3g} | {b['predicted']} [{b['low']}, {b['high']}] | "
-            f"{rep['recommendation']} | {rep['steps_used']} | {rep['stop_reason']} | {r['arrival_step']} | "
+            f"| {r['seed']} | {r['kind']} | {r['P_max']:.3g} | "
+            f"{b['predicted']} [{b['low']}, {b['high']}] | {rep['recommendation']} | "
+            f"{rep['steps_used']} | {rep['stop_reason']} | {r['arrival_step']} | "
             f"{r['covered']} | {vb['flagged']} -> {after} ({vb['tolerance']}) | {within} | "
             f"{rep['compute_fraction']:.3f} |"
         )
-    lines += ["", "Fixed budgets (fine-tuning, no stop rule): under-unlearned (forget loss below / accuracy above the oracles' band)?", ""]
-    lines += ["| seed | set | " + " | ".join(f"{e} ep ({'steps'})" for e in FIXED_EPOCHS) + " |", "|---|---|" + "---|" * len(FIXED_EPOCHS)]
+    lines += [
+        "",
+        "Fixed budgets (fine-tuning, no stop rule): under-unlearned (forget loss below or "
+        "accuracy above the oracles' band)?",
+        "",
+    ]
+    lines += [
+        "| seed | set | " + " | ".join(f"{e} ep ({'steps'})" for e in FIXED_EPOCHS) + " |",
+        "|---|---|" + "---|" * len(FIXED_EPOCHS),
+    ]
     for r in results["rows"]:
-        cells = [f"{'under' if f['judge']['under_unlearned'] else 'ok'} ({f['steps']})" for f in r["fixed"]]
+        cells = [
+            f"{'under' if f['judge']['under_unlearned'] else 'ok'} ({f['steps']})"
+            for f in r["fixed"]
+        ]
         lines.append(f"| {r['seed']} | {r['kind']} | " + " | ".join(cells) + " |")
     lines += ["", "## Summary", "", "```json", json.dumps(sm, indent=2), "```", ""]
     return "\n".join(lines)
@@ -367,7 +448,13 @@ def run(
     rows = [row for s in range(sc.seeds) for row in _one_seed(sc, seed0 + s, out)]
     results = {
         "command": f"benchmarks/calibrated_unlearning.py --scale {scale} --seed {seed0}",
-        "settings": {"scale": scale, **dataclasses.asdict(sc), "order": ORDER, "hold": HOLD, "lr": UNLEARN_LR},
+        "settings": {
+            "scale": scale,
+            **dataclasses.asdict(sc),
+            "order": ORDER,
+            "hold": HOLD,
+            "lr": UNLEARN_LR,
+        },
         "rows": rows,
         "summary": summarise(rows),
     }

@@ -234,7 +234,9 @@ class OutRule:
                 "Expected the held-out examples the reference models were scored on, but the "
                 "held-out loader yields other ids; build the rule with this held-out set."
             )
-        law = OutGaussian(self.heldout_law.mean[pos], self.heldout_law.std[pos], self.heldout_law.n[pos])
+        law = OutGaussian(
+            self.heldout_law.mean[pos], self.heldout_law.std[pos], self.heldout_law.n[pos]
+        )
         z = out_zscores(heldout_values.double().cpu(), law, direction=self.direction)
         return float(z.median())
 
@@ -378,8 +380,9 @@ class CalibratedStopping(Callback):
         tol = self.rule.tolerance(int(ids.numel()))
         satisfied = flagged <= tol
         self._run = self._run + 1 if satisfied else 0
-        record = {
-            "step": int(trainer.global_step),
+        step = int(trainer.global_step)
+        record: dict[str, Any] = {
+            "step": step,
             "flagged": flagged,
             "tolerance": tol,
             "size": int(ids.numel()),
@@ -393,15 +396,15 @@ class CalibratedStopping(Callback):
         metrics = {
             "unlearn/out_flagged": float(flagged),
             "unlearn/out_tolerance": float(tol),
-            "unlearn/out_mean_score": record["mean_score"],
+            "unlearn/out_mean_score": float(z.mean()),
             "unlearn/out_shift": shift,
         }
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=record["step"])
-        decision = self.stop and self._run > self.hold and record["step"] >= self.min_steps
+            logger.log_metrics(metrics, step=step)
+        decision = self.stop and self._run > self.hold and step >= self.min_steps
         if trainer.strategy.reduce_boolean_decision(decision, all=True):
             trainer.should_stop = True
-            self.stopped_step = record["step"]
+            self.stopped_step = step
         return record
 
     @property

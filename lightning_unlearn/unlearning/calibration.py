@@ -158,7 +158,8 @@ class BudgetCalibration:
         .. math::
 
             \hat k_i = a \log P_i + b, \qquad
-            k_F = \hat k_{(E - c)}, \qquad [\ (\hat k + r_{lo})_{(E-c)},\ (\hat k + r_{hi})_{(E-c)}\ ]
+            k_F = \hat k_{(E - c)}, \qquad
+            [\ (\hat k + r_{lo})_{(E-c)},\ (\hat k + r_{hi})_{(E-c)}\ ]
 
         with :math:`(m)` the :math:`m`-th smallest, :math:`c` the tolerance of :math:`E`
         examples, and each end clamped at 0 and rounded outwards.

@@ -111,9 +111,7 @@ def probe_steps(
     pl.Trainer(**settings).fit(unlearner, datamodule=train_dm)
     scores = torch.stack(observer.scores)  # [T, P]
     steps = torch.tensor([r["step"] for r in observer.trajectory])
-    result = first_hold_step(
-        scores.T, -float("inf"), rule.threshold, hold=hold, steps=steps
-    )
+    result = first_hold_step(scores.T, -float("inf"), rule.threshold, hold=hold, steps=steps)
     assert observer.sample_ids is not None
     order = observer.sample_ids.argsort()
     return result.steps[order].cpu(), result.arrived[order].cpu()

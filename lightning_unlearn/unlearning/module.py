@@ -17,9 +17,9 @@ from lightning_unlearn.data.indexed import get_sample_ids
 from lightning_unlearn.data.splits import TaggedBatch
 from lightning_unlearn.errors import MissingSampleIdError, UnsupportedModuleError
 from lightning_unlearn.evaluation.functional.adapters import AdapterLike, as_adapter
+from lightning_unlearn.unlearning.calibrated_stopping import CalibratedStopping
 from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
 from lightning_unlearn.unlearning.sgld import SGLD
-from lightning_unlearn.unlearning.calibrated_stopping import CalibratedStopping
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
 
 __all__ = ["METHODS", "Method", "UnlearningModule", "module_state_dict_from_checkpoint"]

@@ -88,7 +88,11 @@ def resolve_budget(
         CalibrationError: a calibration of another data set.
         LedgerMismatchError: the ledger belongs to another data set or model.
     """
-    given = [k for k, v in {"calibration": calibration, "bound": constants, "fixed": steps}.items() if v is not None]
+    given = [
+        k
+        for k, v in {"calibration": calibration, "bound": constants, "fixed": steps}.items()
+        if v is not None
+    ]
     if len(given) != 1:
         raise ValueError(
             "Expected exactly one budget source (`calibration`, `constants` or `steps`), but got "
@@ -191,25 +195,34 @@ class RequestReport:
     def to_markdown(self) -> str:
         """A short human-readable report."""
         b = self.budget
-        interval = "" if b.get("low") is None else f" (interval [{b['low']}, {b['high']}], point {b['predicted']})"
+        interval = (
+            ""
+            if b.get("low") is None
+            else f" (interval [{b['low']}, {b['high']}], point {b['predicted']})"
+        )
         lines = [
             "# Deletion request",
             "",
             f"- forget set: {self.num_forget} examples; method `{self.method}`",
             f"- budget: {b.get('steps')} steps from `{b.get('source')}`{interval}",
-            f"- retraining costs {self.retrain_steps} steps; recommendation: **{self.recommendation}** "
-            f"({self.reason})",
+            f"- retraining costs {self.retrain_steps} steps; recommendation: "
+            f"**{self.recommendation}** ({self.reason})",
             f"- steps used: {self.steps_used} ({self.compute_fraction:.1%} of one training run); "
             f"stopped by: `{self.stop_reason}`",
         ]
         for name, v in (("before", self.verification_before), ("after", self.verification_after)):
             if v:
                 lines.append(
-                    f"- OUT verification {name}: {v['flagged']} of {v['size']} forget examples still "
-                    f"look trained on (tolerance {v['tolerance']}), mean score {v['mean_score']:.2f}"
+                    f"- OUT verification {name}: {v['flagged']} of {v['size']} forget examples "
+                    f"still look trained on (tolerance {v['tolerance']}), mean score "
+                    f"{v['mean_score']:.2f}"
                 )
         if self.before and self.after:
-            lines += ["", "| split | loss before | loss after | accuracy before | accuracy after |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| split | loss before | loss after | accuracy before | accuracy after |",
+                "|---|---|---|---|---|",
+            ]
             for split in ("forget", "retain", "heldout"):
                 if split in self.before and split in self.after:
                     x, y = self.before[split], self.after[split]
@@ -309,7 +322,9 @@ def calibrated_unlearn(
         if not isinstance(recorded, int) or recorded <= 0:
             raise ValueError("Expected `retrain_steps=` or a ledger that records its run length.")
         retrain_steps = recorded
-    budget = resolve_budget(ledger, datamodule, calibration=calibration, constants=constants, steps=steps, model=model)
+    budget = resolve_budget(
+        ledger, datamodule, calibration=calibration, constants=constants, steps=steps, model=model
+    )
     choice, reason = recommend(budget, retrain_steps)
     report = RequestReport(
         num_forget=int(datamodule.forget_ids.numel()),
@@ -336,7 +351,11 @@ def calibrated_unlearn(
         unlearner = UnlearningModule(student, method=method, seed=seed, **unlearning_kwargs)  # type: ignore[arg-type]
         stopper = CalibratedStopping(rule, hold=hold)
         # The budget bounds the arrival; the hold window's steps confirm it.
-        limit = budget.steps + hold if budget.steps is not None and choice == "unlearn" else retrain_steps
+        limit = (
+            budget.steps + hold
+            if budget.steps is not None and choice == "unlearn"
+            else retrain_steps
+        )
         settings: dict[str, Any] = {
             "max_steps": int(limit),
             "max_epochs": -1,

@@ -119,7 +119,9 @@ def test_flagged_tolerance_is_the_smallest_quantile_and_holds_in_simulation(
     g = torch.Generator().manual_seed(0)
     draws = 20_000
     models = torch.randint(0, rates.numel(), (draws,), generator=g)
-    counts = (torch.rand(draws, size, generator=g, dtype=torch.float64) < rates[models, None]).sum(1)
+    counts = (torch.rand(draws, size, generator=g, dtype=torch.float64) < rates[models, None]).sum(
+        1
+    )
     # The simulated coverage is within 4 binomial standard errors of the exact one.
     exact = float(cdf[c])
     se = math.sqrt(exact * (1 - exact) / draws) + 1e-4

@@ -287,9 +287,7 @@ def binomial_mixture_cdf(rates: Tensor, size: int) -> Tensor:
         raise ValueError(f"Expected a set size >= 1, but got {size!r}.")
     r = rates.double().clamp(0.0, 1.0)[:, None]
     m = torch.arange(size + 1, dtype=torch.float64, device=r.device)[None, :]
-    log_comb = (
-        math.lgamma(size + 1.0) - torch.lgamma(m + 1) - torch.lgamma(size - m + 1)
-    )
+    log_comb = math.lgamma(size + 1.0) - torch.lgamma(m + 1) - torch.lgamma(size - m + 1)
     # x * log(y) with 0 * log(0) = 0 (a rate of exactly 0 or 1).
     log_pmf = log_comb + torch.xlogy(m, r) + torch.xlogy(size - m, 1.0 - r)
     pmf = log_pmf.exp().mean(dim=0)
