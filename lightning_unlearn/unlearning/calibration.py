@@ -126,6 +126,7 @@ class BudgetCalibration:
         threshold: the stop rule's ``threshold``.
         hold: the stop rule's hold window.
         metadata: free JSON (data set fingerprint, ``num_samples``, reference manifest, ...).
+        hurdle: fitted on the examples flagged before unlearning only (the others arrive at 0).
     """
 
     a: float
@@ -143,6 +144,7 @@ class BudgetCalibration:
     threshold: float
     hold: int
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hurdle: bool = False
 
     def step_model(self) -> StepModel:
         """The point fit as an :class:`~lightning_unlearn.accounting.StepModel`."""
@@ -152,20 +154,26 @@ class BudgetCalibration:
         """The stop rule's flagged-count tolerance for ``size`` examples."""
         return flagged_tolerance(torch.tensor(self.rates, dtype=torch.float64), size, self.level)
 
-    def predict(self, privacy_losses: Tensor) -> StepPrediction:
+    def predict(self, privacy_losses: Tensor, flagged: Tensor | None = None) -> StepPrediction:
         r"""Steps and interval of a forget set from its examples' ``P`` (THEORY §5).
 
         .. math::
 
-            \hat k_i = a \log P_i + b, \qquad
+            \hat k_i = [\text{flagged}_i]\,(a \log P_i + b), \qquad
             k_F = \hat k_{(E - c)}, \qquad
             [\ (\hat k + r_{lo})_{(E-c)},\ (\hat k + r_{hi})_{(E-c)}\ ]
 
         with :math:`(m)` the :math:`m`-th smallest, :math:`c` the tolerance of :math:`E`
-        examples, and each end clamped at 0 and rounded outwards.
+        examples, and each end clamped at 0 and rounded outwards. An example the trained model
+        already scores at or below the threshold (not ``flagged``) needs no step: that is
+        observable before any step is spent, and a calibration fitted with ``hurdle=True`` was
+        fitted on flagged examples only.
 
         Args:
             privacy_losses: ``[E]`` the forget examples' ``P(x, order)`` (> 0).
+            flagged: ``[E]`` booleans, the examples the trained model's OUT test flags
+                (:meth:`~lightning_unlearn.unlearning.calibrated_stopping.OutRule.verify`);
+                default all (conservative).
 
         Raises:
             CalibrationError: an empty set, or a non-positive or non-finite ``P``.
@@ -187,12 +195,18 @@ class BudgetCalibration:
         rank = p.numel() - self.tolerance(p.numel())
         if rank <= 0:
             return StepPrediction(0, 0, 0.0)
+        easy = (
+            torch.zeros_like(p, dtype=torch.bool)
+            if flagged is None
+            else ~torch.as_tensor(flagged, dtype=torch.bool).flatten().cpu()
+        )
 
         def order_stat(v: Tensor) -> float:
-            return float(v.sort().values[rank - 1])
+            return float(torch.where(easy, 0.0, v).sort().values[rank - 1])
 
         point = max(0, math.ceil(order_stat(k) - 1e-9))
-        low = max(0, math.floor(order_stat(k + self.residual_low) + 1e-9))
+        low_f = order_stat(k + self.residual_low)
+        low = 0 if math.isinf(low_f) else max(0, math.floor(low_f + 1e-9))
         high_f = order_stat(k + self.residual_high)
         high = math.inf if math.isinf(high_f) else float(max(0, math.ceil(high_f - 1e-9)))
         return StepPrediction(point, low, high)
@@ -259,6 +273,7 @@ def fit_calibration(
     hold: int,
     miscoverage: float = 0.2,
     metadata: Mapping[str, Any] | None = None,
+    initially_flagged: Tensor | None = None,
 ) -> BudgetCalibration:
     r"""Fit :math:`k = a \log P + b` with a jackknife prediction interval (THEORY §5).
 
@@ -275,6 +290,9 @@ def fit_calibration(
         rates, level, threshold, hold: the stop rule the steps were measured with.
         miscoverage: ``1 -`` the interval's coverage (default 0.2: an 80 % interval).
         metadata: stored as is.
+        initially_flagged: ``[n]`` booleans, the examples flagged before the first step: a
+            hurdle model, fitted on those only (the others need 0 steps, observably). Ignored
+            (with ``hurdle=False``) when fewer than three are flagged.
 
     Raises:
         CalibrationError: fewer than three usable points, or inputs of different lengths.
@@ -290,6 +308,11 @@ def fit_calibration(
     if not 0.0 < miscoverage < 1.0:
         raise CalibrationError(f"Expected `miscoverage` in (0, 1), but got {miscoverage!r}.")
     usable = torch.isfinite(p) & (p > 0)
+    hurdle = False
+    if initially_flagged is not None:
+        flagged = torch.as_tensor(initially_flagged, dtype=torch.bool).flatten().cpu()
+        if int((usable & flagged).sum()) >= 3:
+            usable, hurdle = usable & flagged, True
     p, k, a_mask = p[usable], k[usable], a_mask[usable]
     k = torch.where(a_mask, k, float(cap))
     x = p.log()
@@ -311,4 +334,5 @@ def fit_calibration(
         threshold=float(threshold),
         hold=int(hold),
         metadata=dict(metadata or {}),
+        hurdle=hurdle,
     )

@@ -81,14 +81,15 @@ def probe_steps(
     method: str = "finetune",
     trainer_kwargs: Mapping[str, Any] | None = None,
     **unlearning_kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-example steps to look OUT of ``probe``, unlearned from a copy of ``model``.
 
     The copy is fine-tuned (``method``) on ``dataset`` minus ``probe`` and ``exclude`` (for a
     reference model: its OUT examples, so the retain set is its own half minus the probe).
 
     Returns:
-        ``(steps [P], arrived [P])`` in the order of ``probe`` sorted by id.
+        ``(steps [P], arrived [P], flagged_at_start [P])`` in the order of ``probe`` sorted by
+        id.
     """
     pl.seed_everything(seed, verbose=False)
     student = copy.deepcopy(model).train()
@@ -114,7 +115,8 @@ def probe_steps(
     result = first_hold_step(scores.T, -float("inf"), rule.threshold, hold=hold, steps=steps)
     assert observer.sample_ids is not None
     order = observer.sample_ids.argsort()
-    return result.steps[order].cpu(), result.arrived[order].cpu()
+    flagged = scores[0] > rule.threshold
+    return result.steps[order].cpu(), result.arrived[order].cpu(), flagged[order].cpu()
 
 
 def calibrate_budget(
@@ -131,6 +133,8 @@ def calibrate_budget(
     batch_size: int = 64,
     method: str = "finetune",
     miscoverage: float = 0.2,
+    hurdle: bool = True,
+    num_models: int | None = None,
     seed: int = 0,
     trainer_kwargs: Mapping[str, Any] | None = None,
     **unlearning_kwargs: Any,
@@ -151,6 +155,12 @@ def calibrate_budget(
         batch_size: the unlearning batch size.
         method: the unlearning method the budget is for.
         miscoverage: ``1 -`` the prediction interval's coverage.
+        num_models: fine-tune only the first ``num_models`` reference models (default all;
+            fewer runs, so raise ``probe_size`` to keep the number of points).
+        hurdle: fit on the probe examples the stop score flags before the first step only
+            (the others need no step; most examples of a model that generalises look OUT
+            from the start, and a line through their zeros and the few hard ones fits
+            neither); falls back to all examples when fewer than three are flagged.
         seed: seed of the runs (run ``j`` uses ``seed + j``).
         trainer_kwargs: ``Trainer`` arguments of the runs.
         **unlearning_kwargs: :class:`UnlearningModule` arguments (``lr``, ...).
@@ -177,12 +187,13 @@ def calibrate_budget(
             )
         cap = run
     p = ledger.privacy_loss(order).double().cpu()
-    all_p, all_steps, all_arrived = [], [], []
-    for j, module in enumerate(refs.modules):
+    all_p, all_steps, all_arrived, all_flagged = [], [], [], []
+    count = refs.k if num_models is None else max(1, min(num_models, refs.k))
+    for j, module in enumerate(refs.modules[:count]):
         in_ids = refs.in_mask[j].nonzero().flatten()
         probe = probe_ids(in_ids, p, probe_size)
         out_ids = (~refs.in_mask[j]).nonzero().flatten()
-        steps, arrived = probe_steps(
+        steps, arrived, flagged = probe_steps(
             module,  # type: ignore[arg-type]
             dataset,
             probe,
@@ -200,10 +211,12 @@ def calibrate_budget(
         all_p.append(p[probe])
         all_steps.append(steps)
         all_arrived.append(arrived)
+        all_flagged.append(flagged)
     metadata = {
         "num_samples": n,
         "dataset_fingerprint": dataset_fingerprint(dataset, n),
         "reference_k": refs.k,
+        "calibration_runs": count,
         "method": method,
         "probe_size": probe_size,
         "unlearning_kwargs": {k: v for k, v in unlearning_kwargs.items() if _plain(v)},
@@ -220,6 +233,7 @@ def calibrate_budget(
         hold=hold,
         miscoverage=miscoverage,
         metadata=metadata,
+        initially_flagged=torch.cat(all_flagged) if hurdle else None,
     )
 
 

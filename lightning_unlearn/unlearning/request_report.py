@@ -76,12 +76,14 @@ def resolve_budget(
     constants: UnlearningConstants | None = None,
     steps: int | None = None,
     model: torch.nn.Module | None = None,
+    flagged_ids: list[int] | None = None,
 ) -> Budget:
     """The budget of ``datamodule``'s forget set and its source (calibration first).
 
     A calibration whose interval is unbounded, or whose upper end exceeds the cap, gives
     ``steps = None`` (no budget that unlearning could honour): :func:`recommend` then sends the
-    request to retraining.
+    request to retraining. ``flagged_ids`` (the forget examples the trained model's OUT test
+    flags, :meth:`OutRule.verify`) lets the calibration give 0 steps to the others.
 
     Raises:
         ValueError: no source given, or more than one.
@@ -115,7 +117,10 @@ def resolve_budget(
             f"was fitted on {cal.metadata.get('num_samples')}; refit it with `calibrate_budget`."
         )
     p = ledger.privacy_loss(cal.order).double().cpu()[datamodule.forget_ids.cpu()]
-    pred = cal.predict(p)
+    flagged = None
+    if flagged_ids is not None:
+        flagged = torch.isin(datamodule.forget_ids.cpu(), torch.as_tensor(flagged_ids).long())
+    pred = cal.predict(p, flagged)
     cap, _ = budget_cap(ledger)
     upper = None if math.isinf(pred.high) or pred.high > cap else int(pred.high)
     return Budget(upper, "calibration", pred.steps, pred.low, pred.high)
@@ -322,8 +327,15 @@ def calibrated_unlearn(
         if not isinstance(recorded, int) or recorded <= 0:
             raise ValueError("Expected `retrain_steps=` or a ledger that records its run length.")
         retrain_steps = recorded
+    before = _verify(rule, model, datamodule)
     budget = resolve_budget(
-        ledger, datamodule, calibration=calibration, constants=constants, steps=steps, model=model
+        ledger,
+        datamodule,
+        calibration=calibration,
+        constants=constants,
+        steps=steps,
+        model=model,
+        flagged_ids=before["flagged_ids"],
     )
     choice, reason = recommend(budget, retrain_steps)
     report = RequestReport(
@@ -333,7 +345,7 @@ def calibrated_unlearn(
         retrain_steps=int(retrain_steps),
         recommendation=choice,
         reason=reason,
-        verification_before=_verify(rule, model, datamodule),
+        verification_before=before,
     )
     student: pl.LightningModule | None = None
     if report.verification_before["satisfied"]:

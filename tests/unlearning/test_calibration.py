@@ -127,3 +127,25 @@ def test_compute_budget_uses_the_calibrations_upper_end(tmp_path) -> None:
         compute_budget(ledger, forget, calibration=_cal(residual_high=math.inf))
     with pytest.raises(CalibrationError, match="6-example"):
         compute_budget(ledger, forget, calibration=_cal(metadata={"num_samples": 7}))
+
+
+def test_hurdle_fit_and_prediction() -> None:
+    p = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], dtype=torch.float64)
+    steps = torch.tensor([0, 0, 6, 9, 15, 18])
+    flagged = torch.tensor([False, False, True, True, True, True])
+    kw = dict(order=8, cap=50, rates=torch.zeros(1), level=0.05, threshold=2.0, hold=0)
+    cal = fit_calibration(
+        p, steps, torch.ones(6, dtype=torch.bool), initially_flagged=flagged, **kw
+    )
+    ref = fit_step_model(p[2:], steps[2:].double())  # the flagged examples only
+    assert cal.hurdle
+    assert (cal.a, cal.b, cal.num_points) == pytest.approx((ref.a, ref.b, 4), rel=1e-10)
+    # Fewer than three flagged: the plain fit on all points.
+    plain = fit_calibration(
+        p, steps, torch.ones(6, dtype=torch.bool), initially_flagged=flagged & (p > 10), **kw
+    )
+    assert not plain.hurdle
+    assert plain.num_points == 6
+    # Unflagged examples need no step; all flagged is the conservative default.
+    assert cal.predict(p, torch.zeros(6, dtype=torch.bool)) == (0, 0, 0.0)
+    assert cal.predict(p, torch.ones(6, dtype=torch.bool)) == cal.predict(p)
