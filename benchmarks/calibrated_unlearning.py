@@ -68,8 +68,8 @@ class Scale:
 
 SCALES = {
     "smoke": Scale(160, 3, 4, 4, 3, 1, 16, 6, 0.05),
-    "small": Scale(None, 20, 8, 10, 3, 3, 64, 24, 0.03),
-    "default": Scale(None, 30, 16, 20, 5, 3, 128, 48, 0.03),
+    "small": Scale(None, 20, 8, 10, 3, 3, 64, 48, 0.03),
+    "default": Scale(None, 30, 16, 20, 5, 3, 128, 64, 0.03),
 }
 ORDER, BATCH, LR, UNLEARN_LR, HOLD = 8, 64, 0.1, 0.1, 5
 FIXED_EPOCHS = (1, 5, 10)
@@ -310,6 +310,7 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
         probe_size=sc.probe,
         heldout=test,
         batch_size=BATCH,
+        num_models=max(2, sc.k // 2),  # half the reference models, a larger probe each
         seed=seed,
         trainer_kwargs=TRAINER,
         lr=UNLEARN_LR,
@@ -464,6 +465,26 @@ def run(
     return results
 
 
+def merge(dirs: list[str], output_dir: str | Path) -> dict[str, Any]:
+    """Combine the rows of runs made separately (e.g. one process per seed) into one report."""
+    parts = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
+    rows = [row for part in parts for row in part["rows"]]
+    seeds = sorted({row["seed"] for row in rows})
+    settings = {**parts[0]["settings"], "seeds": len(seeds)}
+    results = {
+        "command": " && ".join(p["command"] for p in parts) + " (merged)",
+        "settings": settings,
+        "rows": rows,
+        "summary": summarise(rows),
+        "seconds": sum(p["seconds"] for p in parts),
+    }
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "summary.md").write_text(markdown(results))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
@@ -471,8 +492,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=None, help="override the scale's seeds")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--merge", nargs="+", default=None, help="merge these output dirs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.merge:
+        merge(args.merge, args.output_dir)
+        print((Path(args.output_dir) / "summary.md").read_text())
+        return
     results = run(args.scale, args.output_dir, args.seed, args.seeds)
     _say(f"done in {results['seconds']} s")
     print((Path(args.output_dir) / "summary.md").read_text())
