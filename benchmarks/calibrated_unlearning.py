@@ -49,7 +49,7 @@ from lightning_unlearn.models import MLPClassifier
 from lightning_unlearn.unlearning import UnlearningModule, train_oracle, train_reference_models
 from lightning_unlearn.unlearning.calibrated_stopping import OutRule, reference_heldout_values
 from lightning_unlearn.unlearning.calibration_fit import calibrate_budget
-from lightning_unlearn.unlearning.request_report import _verify, calibrated_unlearn
+from lightning_unlearn.unlearning.request_report import calibrated_unlearn, verify_forget_set
 from lightning_unlearn.unlearning.result import evaluate_splits
 
 
@@ -154,7 +154,10 @@ def _oracles(
         )
         # The rule's own check on a model that never saw the set: flagged should be <= tolerance.
         out.append(
-            {**evaluate_splits(oracle, frdm), "out_flagged": _verify(rule, oracle, frdm)["flagged"]}
+            {
+                **evaluate_splits(oracle, frdm),
+                "out_flagged": verify_forget_set(rule, oracle, frdm)["flagged"],
+            }
         )
     return out
 
@@ -267,7 +270,7 @@ def _one_set(
     fixed = []
     for epochs in FIXED_EPOCHS:
         f = _fixed(model, frdm, epochs, per_epoch, seed)
-        verification = _verify(rule, f.pop("student"), frdm)
+        verification = verify_forget_set(rule, f.pop("student"), frdm)
         fixed.append(
             {**f, "judge": judge(f["after"], oracles), "out_flagged": verification["flagged"]}
         )

@@ -45,6 +45,7 @@ __all__ = [
     "calibrated_unlearn",
     "recommend",
     "resolve_budget",
+    "verify_forget_set",
 ]
 
 
@@ -264,7 +265,10 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _verify(rule: OutRule, model: torch.nn.Module, dm: ForgetRetainDataModule) -> dict[str, Any]:
+def verify_forget_set(
+    rule: OutRule, model: torch.nn.Module, dm: ForgetRetainDataModule
+) -> dict[str, Any]:
+    """:meth:`OutRule.verify` of ``model`` on ``dm``'s forget set (shift on its held-out set)."""
     phi, loss, ids = score_model(model, dm.forget_dataloader())
     values = phi if rule.metric == "phi" else loss
     shift = 0.0
@@ -327,7 +331,7 @@ def calibrated_unlearn(
         if not isinstance(recorded, int) or recorded <= 0:
             raise ValueError("Expected `retrain_steps=` or a ledger that records its run length.")
         retrain_steps = recorded
-    before = _verify(rule, model, datamodule)
+    before = verify_forget_set(rule, model, datamodule)
     budget = resolve_budget(
         ledger,
         datamodule,
@@ -388,7 +392,7 @@ def calibrated_unlearn(
         report.steps_used = result.steps
         report.stop_reason = result.stop_reason
         report.before, report.after = result.before, result.after
-        report.verification_after = _verify(rule, student, datamodule)
+        report.verification_after = verify_forget_set(rule, student, datamodule)
         report.compute_fraction = result.steps / retrain_steps
         report.arrival_step = stopper.arrival_step
         for logger in trainer.loggers:
