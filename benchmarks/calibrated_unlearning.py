@@ -69,6 +69,7 @@ class Scale:
 SCALES = {
     "smoke": Scale(160, 3, 4, 4, 3, 1, 16, 6, 0.05),
     "small": Scale(None, 20, 8, 10, 3, 3, 64, 48, 0.03),
+    "memorise": Scale(None, 30, 8, 10, 3, 1, 128, 48, 0.05),  # wider, longer: more memorised
     "default": Scale(None, 30, 16, 20, 5, 3, 128, 64, 0.03),
 }
 ORDER, BATCH, LR, UNLEARN_LR, HOLD = 8, 64, 0.1, 0.1, 5
