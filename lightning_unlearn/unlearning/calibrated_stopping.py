@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -40,6 +42,7 @@ from lightning_unlearn.evaluation.functional.out_score import (
     out_gaussian,
     out_zscores,
 )
+from lightning_unlearn.integrity import load_verified, save_verified
 from lightning_unlearn.unlearning.reference import ReferenceModels, ReferenceModelsError
 from lightning_unlearn.unlearning.reference_stats import Metric, ReferenceStatistics, score_model
 
@@ -51,6 +54,7 @@ __all__ = [
 ]
 
 _STATE_VERSION = 1
+_RULE_KIND = "lightning_unlearn.out_rule"
 
 
 class ReferenceCoverageError(ReferenceModelsError):
@@ -188,6 +192,48 @@ class OutRule:
             heldout_ids=heldout_ids,
             heldout_law=heldout_law,
             min_out_models=min_out_models,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the rule (tensors and settings) with a checksum, atomically (``torch.save``)."""
+        payload: dict[str, Any] = {
+            "kind": _RULE_KIND,
+            "version": _STATE_VERSION,
+            "law": tuple(self.law),
+            "rates": self.rates,
+            "heldout_ids": self.heldout_ids,
+            "heldout_law": None if self.heldout_law is None else tuple(self.heldout_law),
+            "settings": {
+                "metric": self.metric,
+                "threshold": self.threshold,
+                "level": self.level,
+                "prior_weight": self.prior_weight,
+                "min_out_models": self.min_out_models,
+            },
+        }
+        return save_verified(payload, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> OutRule:
+        """Read a rule written by :meth:`save` (``weights_only=True``, checksum verified).
+
+        Raises:
+            ReferenceModelsError: another kind of file or version.
+            IntegrityError: the checksum does not match.
+        """
+        data = load_verified(path, what="OUT rule", hint="rebuild it with OutRule.from_reference")
+        if data.get("kind") != _RULE_KIND or data.get("version") != _STATE_VERSION:
+            raise ReferenceModelsError(
+                f"Expected an OUT rule of version {_STATE_VERSION} in {str(path)!r}, but got kind "
+                f"{data.get('kind')!r}, version {data.get('version')!r}; rebuild it."
+            )
+        held = data["heldout_law"]
+        return cls(
+            law=OutGaussian(*data["law"]),
+            rates=data["rates"],
+            heldout_ids=data["heldout_ids"],
+            heldout_law=None if held is None else OutGaussian(*held),
+            **data["settings"],
         )
 
     def check_ids(self, sample_ids: Sequence[int] | Tensor) -> Tensor:

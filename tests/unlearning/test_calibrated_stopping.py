@@ -13,6 +13,7 @@ import torch
 
 from lightning_unlearn.data import IndexedDataset
 from lightning_unlearn.data.splits import ForgetRetainDataModule
+from lightning_unlearn.errors import IntegrityError
 from lightning_unlearn.evaluation.functional.out_score import (
     flagged_tolerance,
     leave_one_out_zscores,
@@ -145,3 +146,20 @@ def test_refuses_a_data_module_of_another_size(setup: dict[str, Any], tmp_path: 
         pl.Trainer(max_steps=2, callbacks=[CalibratedStopping(rule)], **QUIET).fit(
             unlearner, datamodule=small
         )
+
+
+def test_rule_file_round_trip_and_integrity(setup: dict[str, Any], tmp_path: Path) -> None:
+    rule = OutRule.from_reference(setup["stats"], heldout=setup["held"], threshold=1.5)
+    path = rule.save(tmp_path / "rule.pt")
+    back = OutRule.load(path)
+    assert back.threshold == 1.5
+    assert back.metric == rule.metric
+    for a, b in zip((*rule.law, rule.rates), (*back.law, back.rates), strict=True):
+        assert torch.equal(a, b)
+    assert back.heldout_ids is not None
+    assert torch.equal(back.heldout_ids, setup["held"][1])
+    payload = torch.load(path, weights_only=True)
+    payload["rates"] = payload["rates"] * 0
+    torch.save(payload, path)
+    with pytest.raises(IntegrityError, match="checksum"):
+        OutRule.load(path)
