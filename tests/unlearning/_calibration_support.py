@@ -6,7 +6,9 @@ Built once per test session (``functools.cache``), since two test files use it.
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_unlearn.data import IndexedDataset
 from lightning_unlearn.data.splits import ForgetRetainDataModule
-from lightning_unlearn.unlearning import train_reference_models
+from lightning_unlearn.unlearning import UnlearningModule, train_reference_models
 from lightning_unlearn.unlearning.calibrated_stopping import reference_heldout_values
 from tests.unlearning._reference_support import NUM, make_seen_mlp, small_digits
 
@@ -61,3 +63,23 @@ def build_setup() -> dict[str, Any]:
         model, train_dataloaders=DataLoader(data, batch_size=16, shuffle=True)
     )
     return {"data": data, "stats": stats, "dm": dm, "held": held, "model": model, "refs": refs}
+
+
+class ReportingUnlearner(UnlearningModule):
+    """Writes each rank's stop step, reason and a weight checksum to ``report_dir`` (the
+    state of ``ddp_spawn`` workers does not come back to the parent)."""
+
+    report_dir: str = ""
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        assert self.result is not None
+        flat = torch.cat([p.detach().flatten() for p in self.module.parameters()])
+        report = {
+            "step": self.trainer.global_step,
+            "reason": self.result.stop_reason,
+            "checked_steps": [r["step"] for r in self.result.trajectory],
+            "weights": flat.double().sum().item(),
+        }
+        path = Path(self.report_dir) / f"rank{self.trainer.global_rank}.json"
+        path.write_text(json.dumps(report))

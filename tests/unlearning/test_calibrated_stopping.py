@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from lightning_unlearn.unlearning.calibrated_stopping import (
 )
 from lightning_unlearn.unlearning.reference import ReferenceModelsError
 from lightning_unlearn.unlearning.reference_stats import ReferenceStatistics
-from tests.unlearning._calibration_support import QUIET, build_setup
+from tests.unlearning._calibration_support import QUIET, ReportingUnlearner, build_setup
 from tests.unlearning._reference_support import small_digits
 
 
@@ -163,3 +165,20 @@ def test_rule_file_round_trip_and_integrity(setup: dict[str, Any], tmp_path: Pat
     torch.save(payload, path)
     with pytest.raises(IntegrityError, match="checksum"):
         OutRule.load(path)
+
+
+@pytest.mark.ddp
+def test_ddp_spawn_ranks_stop_together(setup: dict[str, Any], tmp_path: Path) -> None:
+    rule = dataclasses.replace(OutRule.from_reference(setup["stats"]), threshold=50.0)
+    stopper = CalibratedStopping(rule, hold=2, min_steps=4)  # satisfied at every step
+    unlearner = ReportingUnlearner(copy.deepcopy(setup["model"]), lr=0.1, seed=3)
+    unlearner.report_dir = str(tmp_path)
+    settings = {**QUIET, "accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
+    settings["deterministic"] = False
+    pl.Trainer(max_steps=20, callbacks=[stopper], **settings).fit(unlearner, datamodule=setup["dm"])
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for report in reports:
+        assert report["step"] == 4  # min_steps, the hold window already complete
+        assert report["reason"] == "calibrated"
+        assert report["checked_steps"] == [0, 1, 2, 3, 4]
+    assert reports[0]["weights"] == reports[1]["weights"]  # identical replicas
