@@ -9,6 +9,9 @@
 - :func:`train_oracle`, :class:`UnlearningResult`: the retrained reference and the run record.
 - :func:`train_reference_models`, :class:`ReferenceModels`: K models on random halves (per-example
   OUT targets); :func:`record_unlearning`: the forget set at every unlearning step.
+- :class:`CalibratedStopping`, :class:`OutRule`: stop when every forget example looks like its
+  own OUT distribution; :func:`calibrate_budget`, :class:`BudgetCalibration`: the budget fitted
+  from the reference models; :func:`calibrated_unlearn`: one request end to end, with a report.
 """
 
 from lightning_unlearn.unlearning.budget import (
@@ -18,6 +21,13 @@ from lightning_unlearn.unlearning.budget import (
     compute_budget,
     forget_privacy_loss,
 )
+from lightning_unlearn.unlearning.calibrated_stopping import (
+    CalibratedStopping,
+    OutRule,
+    ReferenceCoverageError,
+)
+from lightning_unlearn.unlearning.calibration import BudgetCalibration, CalibrationError
+from lightning_unlearn.unlearning.calibration_fit import calibrate_budget
 from lightning_unlearn.unlearning.module import (
     METHODS,
     Method,
@@ -33,6 +43,7 @@ from lightning_unlearn.unlearning.reference import (
     train_reference_models,
 )
 from lightning_unlearn.unlearning.reference_stats import ExampleTargets, ReferenceStatistics
+from lightning_unlearn.unlearning.request_report import RequestReport, calibrated_unlearn
 from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
 from lightning_unlearn.unlearning.sgld import SGLD
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
@@ -46,19 +57,27 @@ __all__ = [
     "METHODS",
     "SGLD",
     "Aggregate",
+    "BudgetCalibration",
     "BudgetSpec",
+    "CalibratedStopping",
+    "CalibrationError",
     "ExampleTargets",
     "ForgetTrajectoryRecorder",
     "LossCalibratedStopping",
     "Method",
     "OracleMatchStopping",
+    "OutRule",
+    "ReferenceCoverageError",
     "ReferenceModels",
     "ReferenceModelsError",
     "ReferenceStatistics",
+    "RequestReport",
     "UnlearningModule",
     "UnlearningResult",
     "UnlearningTrajectory",
     "balanced_membership",
+    "calibrate_budget",
+    "calibrated_unlearn",
     "check_ledger",
     "compute_budget",
     "evaluate_splits",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from lightning_unlearn.data.fingerprint import dataset_fingerprint
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.errors import BudgetTooLargeError, LedgerIntegrityError, LedgerMismatchError
 from lightning_unlearn.integrity import architecture_fingerprint, tensors_sha256
+from lightning_unlearn.unlearning.calibration import BudgetCalibration, CalibrationError
 from lightning_unlearn.validation import check_forget_ids, check_int
 
 __all__ = [
@@ -219,10 +221,18 @@ def compute_budget(
     expected_metadata: Mapping[str, Any] | None = None,
     model: nn.Module | None = None,
     max_steps: int | None = None,
+    calibration: BudgetCalibration | str | os.PathLike[str] | None = None,
 ) -> int:
     r"""The number of unlearning steps for a forget set: use it as ``Trainer(max_steps=...)``.
 
     Exactly one source:
+
+    * ``calibration`` (the default of the documented path when one is saved: issue 15), a
+      :class:`~lightning_unlearn.unlearning.calibration.BudgetCalibration` (or its file)
+      fitted from the reference models and this ledger, no user constant: the budget is the
+      *upper* end of its prediction interval for the forget set (the calibrated stop rule
+      ends the run earlier); see :func:`~lightning_unlearn.unlearning.request_report.
+      resolve_budget` for the budget with its source and interval.
 
     * ``constants`` (THEORY §5, with the constants spelled out; our derivation from [C24] and
       [M17], see :func:`~lightning_unlearn.accounting.unlearning_steps`):
@@ -266,6 +276,7 @@ def compute_budget(
         model: the trained model being unlearned: the ledger must record its architecture
             and exactly these weights (``model_fingerprint``, ``model_sha256``).
         max_steps: the largest budget allowed (default: see :func:`budget_cap`).
+        calibration: a fitted budget calibration or the path of its file.
 
     Returns:
         The budget, an int ``>= 0``.
@@ -288,11 +299,12 @@ def compute_budget(
         >>> compute_budget(steps=7)
         7
     """
-    sources = sum(x is not None for x in (constants, step_model, steps))
+    sources = sum(x is not None for x in (constants, step_model, steps, calibration))
     if sources != 1:
         raise ValueError(
-            "Expected exactly one of `constants`, `step_model` or `steps`, but got "
-            f"{sources}; pass the bound's constants, a fitted step model, or a fixed number."
+            "Expected exactly one of `calibration`, `constants`, `step_model` or `steps`, but "
+            f"got {sources}; pass a budget calibration, the bound's constants, a fitted step "
+            "model, or a fixed number."
         )
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ValueError(f"Expected `steps` to be an int >= 0, but got {steps!r}.")
@@ -330,6 +342,8 @@ def compute_budget(
             )
         ids = check_forget_ids(forget, ledger.num_samples)  # the ids enter here
     cap = budget_cap(ledger, max_steps)
+    if calibration is not None:
+        return _calibrated(ledger, ids, calibration, aggregate, cap)
     if constants is not None:
         # THEORY §5: unlearning continues the training run's noisy process, so the bound's σ
         # defaults to the σ the ledger recorded (UnlearningConstants.langevin_sigma).
@@ -394,3 +408,30 @@ class BudgetSpec:
     def source(self) -> str:
         """Where the budget comes from, for the audit record."""
         return "fixed --budget-steps" if self.steps is not None else "THEORY §5 constants"
+
+
+def _calibrated(
+    ledger: PrivacyLedger,
+    ids: torch.Tensor,
+    calibration: BudgetCalibration | str | os.PathLike[str],
+    aggregate: str,
+    cap: tuple[int, str],
+) -> int:
+    """The upper end of a calibration's interval for the (checked) ``ids``, capped like the
+    others."""
+    cal = (
+        calibration
+        if isinstance(calibration, BudgetCalibration)
+        else BudgetCalibration.load(calibration)
+    )
+    recorded = cal.metadata.get("num_samples")
+    if recorded is not None and recorded != ledger.num_samples:
+        raise CalibrationError(
+            f"Expected a budget calibration of this {ledger.num_samples}-example data set, but it "
+            f"was fitted on {recorded} examples; refit it with `calibrate_budget`."
+        )
+    p = ledger.privacy_loss(cal.order).double()[ids.to(ledger.privacy.device)].cpu()
+    high = cal.predict(p).high
+    value = float(forget_set_privacy_loss(p, torch.arange(p.numel()), "max"))
+    k = max(cal.cap, cap[0]) + 1 if math.isinf(high) else int(high)
+    return _capped(k, value, cal.order, f"{aggregate}, calibrated upper end", cap)

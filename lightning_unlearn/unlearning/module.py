@@ -17,6 +17,7 @@ from lightning_unlearn.data.indexed import get_sample_ids
 from lightning_unlearn.data.splits import TaggedBatch
 from lightning_unlearn.errors import MissingSampleIdError, UnsupportedModuleError
 from lightning_unlearn.evaluation.functional.adapters import AdapterLike, as_adapter
+from lightning_unlearn.unlearning.calibrated_stopping import CalibratedStopping
 from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_splits
 from lightning_unlearn.unlearning.sgld import SGLD, check_sgld_sigma
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
@@ -45,11 +46,18 @@ class UnlearningModule(pl.LightningModule):
     own batches, what the user's ``training_step`` was written for), with the step budget as
     the trainer's limit::
 
-        budget = compute_budget(ledger, dm, constants=constants)  # THEORY §5
-        unlearner = UnlearningModule(model, method="sgld")
-        trainer = Trainer(max_steps=budget, callbacks=[LossCalibratedStopping()])
+        budget = compute_budget(ledger, dm, calibration="calibration.json")  # issue 15
+        unlearner = UnlearningModule(model, method="finetune")
+        trainer = Trainer(max_steps=budget, callbacks=[CalibratedStopping(rule)])
         trainer.fit(unlearner, datamodule=dm)
         result = unlearner.result  # UnlearningResult; unlearner.module is the model
+
+    With reference models (``rule = OutRule.from_reference(stats)``) the stop rule is the
+    per-example :class:`~lightning_unlearn.unlearning.calibrated_stopping.CalibratedStopping`,
+    and :func:`~lightning_unlearn.unlearning.request_report.calibrated_unlearn` runs this whole
+    path with a report. Without them, :class:`LossCalibratedStopping` (forget vs typical
+    held-out losses) and THEORY §5's budget (``constants=``) remain; the former fires at once
+    for atypical forget sets and never for easy ones (``docs/calibrated_unlearning.md``).
 
     Before the first step and at the end, the module evaluates loss and accuracy on the forget,
     retain and held-out sets of a :class:`~lightning_unlearn.ForgetRetainDataModule` (on every
@@ -321,7 +329,11 @@ class UnlearningModule(pl.LightningModule):
     @override
     def on_train_end(self) -> None:
         trainer = self.trainer
-        stoppers = [c for c in trainer.callbacks if isinstance(c, LossCalibratedStopping)]  # type: ignore[attr-defined]
+        stoppers = [
+            c
+            for c in trainer.callbacks  # type: ignore[attr-defined]
+            if isinstance(c, LossCalibratedStopping | CalibratedStopping)
+        ]
         budget = trainer.max_steps if trainer.max_steps >= 0 else None
         if any(s.stopped_step is not None for s in stoppers):
             reason = "calibrated"

@@ -32,6 +32,14 @@ class LossCalibratedStopping(Callback):
     * ``criterion="loss_gap"``: the gap of the mean losses; satisfied when
       :math:`\bar\ell_H - \bar\ell_F \le \tau`.
 
+    Failure mode: the reference is *typical* held-out data, not data of the forget set's own
+    difficulty. A set of atypical (high-P) examples has losses above typical held-out losses
+    even under a model that never saw it, so the rule fires at step 0 without unlearning
+    anything; a set of easy (low-P) examples has losses below them even for the oracle, so it
+    never fires. With reference models, use the per-example
+    :class:`~lightning_unlearn.unlearning.calibrated_stopping.CalibratedStopping` instead
+    (``docs/calibrated_unlearning.md``).
+
     Both rules are one-sided: a forget set that has become *less* member-like than held-out
     data (AUROC below 0.5, mean loss above held-out) also counts as unlearned, so a check that
     lands just past the crossing still stops. The decision goes through

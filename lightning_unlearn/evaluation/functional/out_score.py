@@ -1,0 +1,326 @@
+"""Per-example scores against the reference models' OUT distributions, and their null law.
+
+The calibrated stop rule of issue 15 (THEORY §6; U-LiRA, Hayes et al. 2024; LiRA's offline
+test, Carlini et al. 2022) asks, for every forget example ``i``, whether the unlearned model's
+logit-scaled confidence :math:`\\phi_i` (or loss) still looks like that of a model *trained on*
+``i``, measured against ``i``'s own OUT distribution: the reference models that never saw it.
+The functions here are the tensor math of that rule; pure torch, no Lightning:
+
+* :func:`out_gaussian`: per-example OUT mean and a variance shrunk towards the pooled one (a
+  few OUT models give a noisy, sometimes zero, spread);
+* :func:`out_zscores`: the one-sided predictive z-score of a tested model's value;
+* :func:`leave_one_out_zscores`: the same score for every reference model on the examples it
+  did *not* train on, against the other OUT models: draws from the score's null law;
+* :func:`heldout_shift`: how much more confident a tested model is than the reference models on
+  data nobody trained on (a model trained on all of ``D`` is, on unseen data, more confident
+  than models trained on halves); subtracted from the scores;
+* :func:`flagged_tolerance`: from the reference models' null rates, the number of flagged
+  examples a never-trained-on set of ``E`` examples shows with probability ``1 - level``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from lightning_unlearn.evaluation.functional.confidence import masked_moments
+
+__all__ = [
+    "OutGaussian",
+    "binomial_mixture_cdf",
+    "flagged_tolerance",
+    "heldout_shift",
+    "leave_one_out_zscores",
+    "member_rates",
+    "out_gaussian",
+    "out_zscores",
+]
+
+
+class OutGaussian(NamedTuple):
+    """Per-example OUT law: ``mean``, shrunk ``std`` and number ``n`` of OUT models (``[N]``)."""
+
+    mean: Tensor
+    std: Tensor
+    n: Tensor
+
+
+def out_gaussian(
+    values: Tensor,
+    out_mask: Tensor,
+    *,
+    prior_weight: float = 2.0,
+    pooled_var: float | None = None,
+) -> OutGaussian:
+    r"""Per-example Gaussian fit of the OUT values with a variance shrunk to the pooled one.
+
+    With :math:`\mu_i, s_i^2` the mean and sample variance of example :math:`i` over its
+    :math:`n_i` OUT models (:func:`~lightning_unlearn.evaluation.functional.masked_moments`),
+    :math:`s_0^2` the pooled variance (the mean of the per-example variances, LiRA's "fixed
+    variance") and :math:`\nu_0` = ``prior_weight`` pseudo-models:
+
+    .. math::
+
+        \tilde s_i^2 = \frac{\nu_0 s_0^2 + (n_i - 1) s_i^2}{\nu_0 + n_i - 1}.
+
+    This is the posterior-mean variance of a normal-scaled-inverse-chi-square prior centred on
+    :math:`s_0^2`; ``prior_weight = 0`` is LiRA's per-example fit, a large one its fixed
+    variance. An example with one OUT model gets :math:`s_0^2`.
+
+    Args:
+        values: ``[K, N]`` the reference models' values (``phi`` or loss).
+        out_mask: ``[K, N]`` booleans: model ``k`` did not train on example ``i``.
+        prior_weight: :math:`\nu_0 \ge 0`.
+        pooled_var: :math:`s_0^2` (default: the NaN-mean of the per-example variances).
+
+    Returns:
+        :class:`OutGaussian` (float64; ``mean`` NaN where ``n = 0``).
+
+    Raises:
+        ValueError: ``prior_weight < 0``, or no example has two OUT models to pool from.
+
+    Example:
+        >>> import torch
+        >>> v = torch.tensor([[0.0, 1.0], [2.0, 1.0], [9.0, 9.0]])
+        >>> m = torch.tensor([[True, True], [True, True], [False, False]])
+        >>> g = out_gaussian(v, m, prior_weight=0.0)
+        >>> g.mean.tolist(), [round(s, 4) for s in g.std.tolist()], g.n.tolist()
+        ([1.0, 1.0], [1.4142, 0.0], [2, 2])
+        >>> [round(s, 4) for s in out_gaussian(v, m, prior_weight=1.0).std.tolist()]
+        [1.2247, 0.7071]
+    """
+    if not prior_weight >= 0:
+        raise ValueError(f"Expected `prior_weight` >= 0, but got {prior_weight!r}.")
+    moments = masked_moments(values, out_mask)
+    var = moments.std.square()
+    if pooled_var is None:
+        if not bool((~var.isnan()).any()):
+            raise ValueError(
+                "Expected some example with at least two OUT models to pool a variance from, "
+                "but none has; train more reference models."
+            )
+        pooled_var = float(var.nanmean())
+    dof = (moments.n.double() - 1.0).clamp_min(0.0)
+    own = torch.nan_to_num(var, nan=0.0)
+    denom = prior_weight + dof
+    shrunk = torch.where(denom > 0, (prior_weight * pooled_var + dof * own) / denom, pooled_var)
+    return OutGaussian(moments.mean, shrunk.sqrt(), moments.n)
+
+
+def out_zscores(
+    values: Tensor, law: OutGaussian, *, direction: float = 1.0, min_std: float = 1e-6
+) -> Tensor:
+    r"""One-sided predictive z-score of a tested model's values against each OUT law.
+
+    .. math::
+
+        z_i = d \, \frac{v_i - \mu_i}{\tilde s_i \sqrt{1 + 1/n_i}},
+
+    with :math:`d = +1` for ``phi`` (a member is *more* confident) and :math:`d = -1` for the
+    loss (a member has a *lower* loss): large :math:`z_i` means "looks trained on". The factor
+    :math:`\sqrt{1 + 1/n_i}` makes it the score of a *new* draw from the law whose mean was
+    estimated from :math:`n_i` draws (a prediction, not a confidence, interval).
+
+    Args:
+        values: ``[E]`` the tested model's values on the examples of ``law``.
+        law: their :class:`OutGaussian` (``[E]`` entries).
+        direction: ``+1`` (``phi``) or ``-1`` (loss).
+        min_std: floor of :math:`\tilde s_i` (> 0).
+
+    Returns:
+        ``[E]`` float64 scores.
+
+    Example:
+        >>> import torch
+        >>> law = OutGaussian(torch.zeros(2), torch.ones(2), torch.tensor([3, 3]))
+        >>> [round(z, 4) for z in out_zscores(torch.tensor([1.0, -2.0]), law).tolist()]
+        [0.866, -1.7321]
+    """
+    if direction not in (1.0, -1.0):
+        raise ValueError(f"Expected `direction` +1 or -1, but got {direction!r}.")
+    v = values.double().to(law.mean.device)
+    n = law.n.double().clamp_min(1.0)
+    scale = law.std.clamp_min(min_std) * torch.sqrt(1.0 + 1.0 / n)
+    return direction * (v - law.mean) / scale
+
+
+def leave_one_out_zscores(
+    values: Tensor,
+    out_mask: Tensor,
+    *,
+    direction: float = 1.0,
+    prior_weight: float = 2.0,
+    pooled_var: float | None = None,
+) -> Tensor:
+    r"""The score of every reference model on the examples it never trained on (null draws).
+
+    For every pair :math:`(j, i)` with model :math:`j` OUT for example :math:`i`, the value
+    :math:`v_{j,i}` is scored (:func:`out_zscores`) against the OUT law of :math:`i` fitted
+    *without* model :math:`j` (:func:`out_gaussian` on the other :math:`n_i - 1` OUT models,
+    with the full table's pooled variance). Model :math:`j` never trained on :math:`i`, so these
+    are draws of the score under "never trained on", with the tested model's own recipe.
+
+    Args:
+        values: ``[K, N]`` reference models' values.
+        out_mask: ``[K, N]`` OUT mask.
+        direction: as in :func:`out_zscores`.
+        prior_weight: as in :func:`out_gaussian`.
+        pooled_var: as in :func:`out_gaussian` (default: from the full table).
+
+    Returns:
+        ``[K, N]`` float64, NaN where model ``j`` is IN for ``i`` or ``i`` has fewer than two
+        OUT models.
+
+    Example:
+        >>> import torch
+        >>> v = torch.tensor([[0.0], [1.0], [2.0]])
+        >>> z = leave_one_out_zscores(v, torch.ones(3, 1, dtype=torch.bool), prior_weight=0.0)
+        >>> [round(x, 4) for x in z[:, 0].tolist()]
+        [-1.7321, 0.0, 1.7321]
+    """
+    if pooled_var is None:
+        pooled_var = float(masked_moments(values, out_mask).std.square().nanmean())
+    k = values.shape[0]
+    out = torch.full(values.shape, float("nan"), dtype=torch.float64, device=values.device)
+    for j in range(k):
+        others = out_mask.clone()
+        others[j] = False
+        law = out_gaussian(values, others, prior_weight=prior_weight, pooled_var=pooled_var)
+        z = out_zscores(values[j], law, direction=direction)
+        usable = out_mask[j] & (law.n >= 1)
+        out[j] = torch.where(usable, z, float("nan"))
+    return out
+
+
+def heldout_shift(
+    tested: Tensor, reference: Tensor, *, direction: float = 1.0, prior_weight: float = 2.0
+) -> Tensor:
+    r"""Median predictive z-score of a tested model on data no model trained on.
+
+    ``reference[k, h]`` is reference model :math:`k`'s value on held-out example :math:`h`
+    (every reference model is OUT for it), ``tested[h]`` the tested model's. With the law of
+    :func:`out_gaussian` over all :math:`K` models,
+
+    .. math::
+
+        \delta = \operatorname{median}_h z_h(\text{tested}).
+
+    :math:`\delta > 0`: the tested model is more confident on *unseen* data than the reference
+    models (it was trained on all of :math:`D`, they on halves). A model that has really
+    forgotten an example treats it like unseen data, so its scores on the forget set are read
+    relative to :math:`\delta`.
+
+    Args:
+        tested: ``[H]`` the tested model's values on the held-out set.
+        reference: ``[K, H]`` the reference models' values on the same examples.
+        direction: as in :func:`out_zscores`.
+        prior_weight: as in :func:`out_gaussian`.
+
+    Returns:
+        A float64 scalar tensor.
+
+    Example:
+        >>> import torch
+        >>> ref = torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+        >>> round(heldout_shift(torch.full((3,), 1.0), ref).item(), 6)
+        0.0
+    """
+    mask = torch.ones_like(reference, dtype=torch.bool)
+    law = out_gaussian(reference, mask, prior_weight=prior_weight)
+    return out_zscores(tested, law, direction=direction).median()
+
+
+def member_rates(null_scores: Tensor, threshold: float) -> Tensor:
+    """Per reference model, the fraction of its OUT examples scored above ``threshold``.
+
+    Args:
+        null_scores: ``[K, N]`` from :func:`leave_one_out_zscores` (NaN: not a null draw).
+        threshold: the flagging threshold of the stop rule.
+
+    Returns:
+        ``[K]`` float64 rates :math:`\\rho_j`.
+
+    Raises:
+        ValueError: a model has no null draw.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([[0.0, 3.0, float("nan")], [1.0, 1.0, 5.0]])
+        >>> member_rates(z, 2.0).tolist()
+        [0.5, 0.3333333333333333]
+    """
+    valid = ~null_scores.isnan()
+    count = valid.sum(dim=1)
+    if bool((count == 0).any()):
+        raise ValueError(
+            "Expected every reference model to be OUT for some scored example, but "
+            f"models {(count == 0).nonzero().flatten().tolist()} have none."
+        )
+    above = (torch.nan_to_num(null_scores, nan=-math.inf) > threshold).sum(dim=1)
+    return above.double() / count.double()
+
+
+def binomial_mixture_cdf(rates: Tensor, size: int) -> Tensor:
+    r"""CDF of the number of flagged examples, a mixture of binomials over the models.
+
+    .. math::
+
+        F(c) = \frac1K \sum_j \sum_{m=0}^{c} \binom{E}{m} \rho_j^m (1 - \rho_j)^{E - m},
+        \qquad c = 0, \dots, E.
+
+    Args:
+        rates: ``[K]`` per-model rates :math:`\rho_j \in [0, 1]`.
+        size: :math:`E \ge 1`.
+
+    Returns:
+        ``[E + 1]`` float64, :math:`F(0), \dots, F(E)` (the last is 1).
+
+    Example:
+        >>> import torch
+        >>> [round(x, 4) for x in binomial_mixture_cdf(torch.tensor([0.5]), 2).tolist()]
+        [0.25, 0.75, 1.0]
+    """
+    if size < 1:
+        raise ValueError(f"Expected a set size >= 1, but got {size!r}.")
+    r = rates.double().clamp(0.0, 1.0)[:, None]
+    m = torch.arange(size + 1, dtype=torch.float64, device=r.device)[None, :]
+    log_comb = math.lgamma(size + 1.0) - torch.lgamma(m + 1) - torch.lgamma(size - m + 1)
+    # x * log(y) with 0 * log(0) = 0 (a rate of exactly 0 or 1).
+    log_pmf = log_comb + torch.xlogy(m, r) + torch.xlogy(size - m, 1.0 - r)
+    pmf = log_pmf.exp().mean(dim=0)
+    return pmf.cumsum(dim=0).clamp(max=1.0)
+
+
+def flagged_tolerance(rates: Tensor, size: int, level: float = 0.05) -> int:
+    r"""The number of flagged examples a never-trained-on set of ``size`` shows at ``1 - level``.
+
+    The smallest :math:`c` with :math:`F(c) \ge 1 - \beta` (:func:`binomial_mixture_cdf`,
+    :math:`\beta` = ``level``): a set of :math:`E` examples that a model of the user's recipe
+    never trained on has at most :math:`c` examples scored above the threshold with probability
+    at least :math:`1 - \beta`, by the reference models' own null draws. Mixing over models
+    (rather than one pooled binomial) keeps the correlation of flags within one model: a model
+    that is more confident overall flags several examples at once.
+
+    Args:
+        rates: ``[K]`` from :func:`member_rates`.
+        size: the forget set's size :math:`E`.
+        level: :math:`\beta \in (0, 1)`.
+
+    Returns:
+        :math:`c \in [0, E]`.
+
+    Example:
+        >>> import torch
+        >>> flagged_tolerance(torch.tensor([0.05, 0.05]), 10, level=0.05)
+        2
+        >>> flagged_tolerance(torch.tensor([0.0]), 10)
+        0
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"Expected `level` in (0, 1), but got {level!r}.")
+    cdf = binomial_mixture_cdf(rates, size)
+    # A tiny slack absorbs rounding of a CDF that is exactly 1 - level.
+    return int((cdf >= 1.0 - level - 1e-12).nonzero()[0, 0])

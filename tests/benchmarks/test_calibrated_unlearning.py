@@ -1,0 +1,50 @@
+"""Smoke run of benchmarks/calibrated_unlearning.py: the structure of its output only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibrated_unlearning.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("calibrated_unlearning", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_smoke_scale_structure(tmp_path: Path) -> None:
+    bench = _load()
+    results = bench.run("smoke", tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["summary"] == json.loads(json.dumps(results["summary"]))
+    assert (tmp_path / "summary.md").read_text().startswith("# Calibrated unlearning")
+    assert (tmp_path / "seed0" / "calibration.json").is_file()
+    sc = bench.SCALES["smoke"]
+    rows = results["rows"]
+    assert [r["kind"] for r in rows] == list(bench.KINDS) * sc.seeds
+    for row in rows:
+        assert len(row["ids"]) == sc.size
+        assert len(row["oracles"]) == sc.oracles
+        assert [f["epochs"] for f in row["fixed"]] == list(bench.FIXED_EPOCHS)
+        report = row["report"]
+        assert report["budget"]["source"] == "calibration"
+        assert report["recommendation"] in ("unlearn", "retrain")
+        assert ("judge" in row) != ("retrain_needed" in row)
+        assert isinstance(row["covered"], bool)
+    summary = results["summary"]
+    assert summary["num_sets"] == len(rows)
+    assert summary["num_ran"] + summary["num_sent_to_retrain"] == len(rows)
+    assert 0.0 <= summary["interval_coverage"] <= 1.0
+    assert set(summary["fixed_unlearns_all_high_p"]) == set(bench.FIXED_EPOCHS)
