@@ -12,7 +12,6 @@ sweep estimator needs extra passes at the current weights and is a second monito
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -59,13 +58,13 @@ def fit(hidden: int, data: Any, epochs: int, seed: int, callbacks: list) -> MLPC
 
 
 class EpochNorms(Callback):
-    """Each epoch's per-example norms from the monitor's ledger, and a copy of the model after
-    the first epoch (for the early scores EL2N / GraNd)."""
+    """Each epoch's per-example norms from the monitor's ledger, and the weights after the
+    first epoch (for the early score GraNd; copied as tensors, without the monitor's hooks)."""
 
     def __init__(self, monitor: PerInstancePrivacyMonitor) -> None:
         self.monitor = monitor
         self.rows: list[Tensor] = []
-        self.first_epoch_model: pl.LightningModule | None = None
+        self.first_epoch_state: dict[str, Tensor] | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ledger = self.monitor.ledger  # flushes the monitor's buffer
@@ -73,8 +72,9 @@ class EpochNorms(Callback):
         if not bool(seen.all()):
             raise RuntimeError("Expected every example seen once per epoch (shuffled epochs).")
         self.rows.append(ledger.last_norm.double().cpu().clone())
-        if self.first_epoch_model is None:
-            self.first_epoch_model = copy.deepcopy(pl_module).eval()
+        if self.first_epoch_state is None:
+            state = pl_module.state_dict()
+            self.first_epoch_state = {k: v.detach().clone() for k, v in state.items()}
 
 
 def monitor(estimator: str = "online", sweep_every: int = 100) -> PerInstancePrivacyMonitor:
@@ -173,8 +173,10 @@ def train_and_score(hidden: int, epochs: int, train: Any, seed: int) -> dict[str
     rel = float(((check - monitor_p).abs() / monitor_p.abs().clamp_min(1e-300)).max())
     loader = DataLoader(train, batch_size=512)
     _, loss, ids = score_model(model, loader)
-    early = recorder.first_epoch_model
-    assert early is not None
+    assert recorder.first_epoch_state is not None
+    early = make_model(hidden)
+    early.load_state_dict(recorder.first_epoch_state)
+    early.eval()
     grand, gids = grand_scores(early, loader)
     curv, cids = input_curvature(model, loader, num_probes=8, seed=seed)
     diff = difficulty.scores(el2n_epoch=0)

@@ -82,7 +82,7 @@ class Scale:
 
 SCALES = {
     "smoke": Scale(120, 2, 6, 3, 3, 3, 1, 1, 6, 1, 1, 16, 50, ("finetune", "sgld")),
-    "tiny": Scale(None, 20, 8, 4, 10, 3, 2, 1, 100, 5, 1, 128, 1000, matched_methods=False),
+    "tiny": Scale(None, 20, 8, 5, 10, 3, 2, 1, 100, 5, 1, 128, 1000, matched_methods=False),
     "small": Scale(None, 20, 8, 5, 10, 3, 2, 1, 100, 5, 3, 128, 1000, matched_methods=False),
     "default": Scale(None, 30, 8, 8, 10, 3, 2, 1, 150, 5, 5, 128, 1000),
     "full": Scale(None, 60, 32, 10, 20, 5, 5, 3, 600, 10, 5, 256, 5000),
@@ -148,12 +148,17 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> dict[str, Any]:
 
 def _cached_seed(sc: Scale, seed: int, out: Path) -> dict[str, Any]:
     """One seed's raw results, read back from ``seed<k>/raw.json`` when a run with the same
-    settings wrote it (an interrupted study resumes there), else measured and written."""
+    per-seed settings wrote it (an interrupted study resumes there; ``tiny`` reads seed 0 of
+    ``small``), else measured and written."""
     path = out / f"seed{seed}" / "raw.json"
     settings = json.loads(json.dumps(dataclasses.asdict(sc)))
+
+    def per_seed(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k not in ("seeds", "boot")}
+
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
+        if per_seed(saved.get("settings", {})) == per_seed(settings):
             _say(f"seed {seed}: read back from {path}")
             return saved["result"]
     result = _one_seed(sc, seed, out)
