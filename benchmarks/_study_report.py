@@ -22,16 +22,33 @@ def _fmt(v: float) -> str:
     return "not reached" if math.isinf(v) else ("n/a" if v != v else f"{v:.3g}")
 
 
+def _top_key(v: dict[str, float]) -> tuple[float, float]:
+    med = v["km_median"]
+    return (med if med == med else -1.0, v["fraction_censored"])
+
+
+def _top_verdict(outcome: dict[str, Any]) -> str:
+    """ "yes" if P's top group is strictly the hardest (KM median, then fraction censored)
+    among P and the baselines (the other P estimators left out), "tie" if tied at the top."""
+    top = outcome["top_group"]
+    p = _top_key(top["P_default"])
+    best = max(_top_key(v) for k, v in top.items() if not k.startswith("P_"))
+    return "yes" if p > best else ("tie" if p == best else "no")
+
+
 def _acceptance(results: dict[str, Any]) -> list[str]:
     ft = results["summary"]["outcomes"]["finetune"]
     s, e = ft["set"]["spearman"], ft["example_ref"]["spearman"]
+    o = ft["example_oracle"]["spearman"]
     hardest = ft["example_ref"]["hardest_first"]
     set_hardest = ft["set"]["hardest_first"]
     ci = results["summary"]["check_interval"]
 
     def beats(d: dict[str, Any]) -> str:
+        """P positive and above both baselines (a less negative rho does not count)."""
         p = d["P_default"]["rho"]
-        return "yes" if all(p > d[k]["rho"] for k in ("train_loss", "sq_norm_sum")) else "no"
+        above = p > 0 and all(p > d[k]["rho"] for k in ("train_loss", "sq_norm_sum"))
+        return "yes" if above else "no"
 
     return [
         "## Acceptance targets of issue 14 (fine-tuning; P = library defaults)",
@@ -42,14 +59,21 @@ def _acceptance(results: dict[str, Any]) -> list[str]:
         f"{'yes' if s['P_default']['rho'] >= 0.9 else 'no'} |",
         f"| per-example Spearman(P, steps) >= 0.7 | {_r(e['P_default'])} | "
         f"{'yes' if e['P_default']['rho'] >= 0.7 else 'no'} |",
+        f"| per-example Spearman(P, steps) >= 0.7, against the set's own continued oracles | "
+        f"{_r(o['P_default'])} | {'yes' if o['P_default']['rho'] >= 0.7 else 'no'} |",
         f"| per set above trained loss ({_r(s['train_loss'])}) and sum g^2 "
         f"({_r(s['sq_norm_sum'])}) | | {beats(s)} |",
         f"| per example above trained loss ({_r(e['train_loss'])}) and sum g^2 "
         f"({_r(e['sq_norm_sum'])}) | | {beats(e)} |",
-        f"| P's top quartile the hardest by KM median (examples) | hardest first: "
-        f"{', '.join(hardest[:4])} | {'yes' if hardest[0] == 'P_default' else 'no'} |",
+        f"| per example (oracles) above trained loss ({_r(o['train_loss'])}) and sum g^2 "
+        f"({_r(o['sq_norm_sum'])}) | | {beats(o)} |",
+        f"| P's top quartile the hardest by KM median (examples, reference models) | "
+        f"hardest first: {', '.join(hardest[:4])} | {_top_verdict(ft['example_ref'])} |",
+        f"| P's top quartile the hardest by KM median (examples, oracles) | hardest first: "
+        f"{', '.join(ft['example_oracle']['hardest_first'][:4])} | "
+        f"{_top_verdict(ft['example_oracle'])} |",
         f"| P's top half the hardest by KM median (sets) | hardest first: "
-        f"{', '.join(set_hardest[:4])} | {'yes' if set_hardest[0] == 'P_default' else 'no'} |",
+        f"{', '.join(set_hardest[:4])} | {_top_verdict(ft['set'])} |",
         f"| steps independent of the check interval | checked at every step; a 10-step check "
         f"would change {ci['fraction_changed_by_10_step_checks']:.0%} of "
         f"{ci['arrived_runs']} arrived set runs | yes |",
@@ -69,7 +93,13 @@ def _outcome_table(summary: dict[str, Any], method: str) -> list[str]:
     for k in names:
         lines.append(f"| {k} | " + " | ".join(_r(outs[o]["spearman"][k]) for o in outs) + " |")
     cens = ", ".join(f"{o} {outs[o]['censored']:.0%}" for o in outs)
-    return [*lines, "", f"Censored (run, entry) pairs: {cens}.", ""]
+    zero = ", ".join(f"{o} {outs[o]['arrived_at_step_0']:.0%}" for o in outs)
+    return [
+        *lines,
+        "",
+        f"Censored (run, entry) pairs: {cens}. Inside the band from step 0: {zero}.",
+        "",
+    ]
 
 
 def _top_table(summary: dict[str, Any]) -> list[str]:
@@ -159,11 +189,12 @@ def _set_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "## Forget sets (fine-tuning)",
         "",
-        "| seed | bin | mean P_default | oracle band step 0 -> cap | mean phi step 0 -> cap "
-        "| steps (matched) | steps (static band) |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | bin | mean P_default | noisy labels | oracle band step 0 -> cap "
+        "| mean phi step 0 -> cap | steps (matched) | steps (static band) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in results["seeds"]:
+        noisy = set(s.get("noisy_ids", []))
         for row in s["rows"]:
             ft = row["methods"]["finetune"]
             (l0, u0), (l1, u1) = ft["set_band_first_last"]
@@ -176,6 +207,7 @@ def _set_table(results: dict[str, Any]) -> list[str]:
 
             lines.append(
                 f"| {s['seed']} | {row['bin'] + 1} | {row['scores']['P_default']:.3g} | "
+                f"{len(noisy.intersection(row['ids']))} | "
                 f"[{l0:.2f}, {u0:.2f}] -> [{l1:.2f}, {u1:.2f}] | {first:.2f} -> {last:.2f} | "
                 f"{steps('set', ft['runs'])} | {steps('set_static', ft['runs'])} |"
             )
@@ -218,7 +250,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     ft = summary["outcomes"]["finetune"]
     fig, ax = plt.subplots(figsize=(7, 4))
     names = list(ft["set"]["spearman"])
-    for off, outcome in ((-0.15, "set"), (0.15, "example_ref")):
+    for off, outcome in ((-0.2, "set"), (0.0, "example_ref"), (0.2, "example_oracle")):
         v = [ft[outcome]["spearman"][k] for k in names]
         ax.errorbar(
             [i + off for i in range(len(names))],
@@ -249,22 +281,12 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_yticks(range(len(keys)), keys, fontsize=6)
     ax.set_xlabel("per-example Spearman(P, steps)")
     written.append(_save(fig, out / "option_study.png"))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    data = collect(results["seeds"], "finetune", "example_ref")
-    groups = torch.tensor(data["groups"])
-    for k in MAIN:
-        score = torch.tensor(data["x"][k], dtype=torch.float64)
-        top = torch.zeros_like(groups, dtype=torch.bool)
-        for g in torch.unique(groups):
-            sel = groups == g
-            top[sel] = score[sel] >= torch.quantile(score[sel], 0.75)
-        t = torch.tensor([tt for i, ts in enumerate(data["times"]) if top[i] for tt in ts])
-        a = torch.tensor([aa for i, ars in enumerate(data["arrived"]) if top[i] for aa in ars])
-        km = kaplan_meier(t, a)
-        ax.step([0.0, *km.times.tolist()], [1.0, *km.survival.tolist()], where="post", label=k)
-    ax.set_xlabel("unlearning steps")
-    ax.set_ylabel("fraction not yet unlearned (top quartile)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, outcome in zip(axes, ("example_ref", "example_oracle"), strict=True):
+        _km_panel(ax, collect(results["seeds"], "finetune", outcome))
+        ax.set_title(f"top quartile, {outcome}")
+        ax.set_xlabel("unlearning steps")
+    axes[0].set_ylabel("fraction not yet unlearned")
     written.append(_save(fig, out / "km_top_quartile.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = [row for s in results["seeds"] for row in s["rows"]]
@@ -286,6 +308,22 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.legend()
     written.append(_save(fig, out / "barrier_vs_p.png"))
     return written
+
+
+def _km_panel(ax: Any, data: dict[str, Any]) -> None:
+    """Kaplan-Meier curves of the top quartile (within each seed) of the main scores."""
+    groups = torch.tensor(data["groups"])
+    for k in MAIN:
+        score = torch.tensor(data["x"][k], dtype=torch.float64)
+        top = torch.zeros_like(groups, dtype=torch.bool)
+        for g in torch.unique(groups):
+            sel = groups == g
+            top[sel] = score[sel] >= torch.quantile(score[sel], 0.75)
+        t = torch.tensor([tt for i, ts in enumerate(data["times"]) if top[i] for tt in ts])
+        a = torch.tensor([aa for i, ars in enumerate(data["arrived"]) if top[i] for aa in ars])
+        km = kaplan_meier(t, a)
+        ax.step([0.0, *km.times.tolist()], [1.0, *km.survival.tolist()], where="post", label=k)
+    ax.legend()
 
 
 def _save(fig: Any, path: Path) -> Path:

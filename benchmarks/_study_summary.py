@@ -97,6 +97,16 @@ def _censored(data: dict[str, Any]) -> float:
     return 1.0 - sum(flat) / len(flat)
 
 
+def _at_zero(data: dict[str, Any]) -> float:
+    """Fraction of (run, entry) pairs inside their band from step 0 (nothing to unlearn)."""
+    flat = [
+        a and t == 0
+        for ts, ars in zip(data["times"], data["arrived"], strict=True)
+        for t, a in zip(ts, ars, strict=True)
+    ]
+    return sum(flat) / len(flat)
+
+
 def outcome_summary(
     per_seed: list[dict[str, Any]], sc: Any, method: str, outcome: str, names: list[str]
 ) -> dict[str, Any]:
@@ -107,6 +117,7 @@ def outcome_summary(
         "spearman": {k: _ci(data["x"][k], data["y"], data["groups"], sc.boot) for k in names},
         "n": len(data["y"]),
         "censored": _censored(data),
+        "arrived_at_step_0": _at_zero(data),
         "top_group_quantile": quantile,
         "top_group": top,
         "hardest_first": _hardest(top),

@@ -78,12 +78,21 @@ class Scale:
     # Continue the oracles with every method (True) or with fine-tuning only, the SGLD and
     # l1-sparse runs then judged against fine-tuned oracles (False: cheaper, an approximation).
     matched_methods: bool = True
+    # Fraction of training labels replaced by a random other class (seeded): examples the
+    # model can only fit by memorising them, the regime where unlearning has work to do.
+    label_noise: float = 0.0
 
 
 SCALES = {
     "smoke": Scale(120, 2, 6, 3, 3, 3, 1, 1, 6, 1, 1, 16, 50, ("finetune", "sgld")),
     "tiny": Scale(None, 20, 8, 5, 10, 3, 2, 1, 100, 5, 1, 128, 1000, matched_methods=False),
     "small": Scale(None, 20, 8, 5, 10, 3, 2, 1, 100, 5, 3, 128, 1000, matched_methods=False),
+    # small with 5 seeds (seeds 0-2 read back from a small run in the same directory)
+    "medium": Scale(None, 20, 8, 5, 10, 3, 2, 1, 100, 5, 5, 128, 1000, matched_methods=False),
+    # small with 10 % label noise and 30 epochs: a memorising model
+    "noisy": Scale(
+        None, 30, 8, 5, 10, 3, 2, 1, 100, 5, 3, 128, 1000, matched_methods=False, label_noise=0.1
+    ),
     "default": Scale(None, 30, 8, 8, 10, 3, 2, 1, 150, 5, 5, 128, 1000),
     "full": Scale(None, 60, 32, 10, 20, 5, 5, 3, 600, 10, 5, 256, 5000),
 }
@@ -98,7 +107,15 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> dict[str, Any]:
     dm.setup()
     x, y = dm.train_tensors()
     n = len(y) if sc.subset is None else min(sc.subset, len(y))
-    train = IndexedDataset(TensorDataset(x[:n].clone(), y[:n].clone()))
+    labels = y[:n].clone()
+    noisy = torch.zeros(n, dtype=torch.bool)
+    if sc.label_noise > 0:
+        generator = torch.Generator().manual_seed(seed + 7_777)
+        picked = torch.randperm(n, generator=generator)[: round(sc.label_noise * n)]
+        shift = torch.randint(1, 10, (picked.numel(),), generator=generator)
+        labels[picked] = (labels[picked] + shift) % 10  # always another class
+        noisy[picked] = True
+    train = IndexedDataset(TensorDataset(x[:n].clone(), labels))
     _say(f"seed {seed}: {n} digits, monitored runs of {sc.epochs} epochs")
     trained = train_and_score(sc.hidden, sc.epochs, train, seed)
     _say(f"seed {seed}: {sc.k} reference models, continued for {sc.cap} steps")
@@ -134,6 +151,7 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> dict[str, Any]:
     return {
         "seed": seed,
         "num_train": n,
+        "noisy_ids": torch.nonzero(noisy).flatten().tolist(),
         "sigma_scaled": trained["sigma_scaled"],
         "first_epoch_norm_quantiles_10_50_90": trained["first_epoch_norm_quantiles"],
         "offline_vs_monitor_max_rel_diff": trained["offline_vs_monitor_max_rel_diff"],
@@ -153,8 +171,14 @@ def _cached_seed(sc: Scale, seed: int, out: Path) -> dict[str, Any]:
     path = out / f"seed{seed}" / "raw.json"
     settings = json.loads(json.dumps(dataclasses.asdict(sc)))
 
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(Scale) if f.default is not dataclasses.MISSING
+    }
+    defaults = json.loads(json.dumps(defaults))  # tuples as lists, as in the saved file
+
     def per_seed(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if k not in ("seeds", "boot")}
+        # fields added later take their defaults (what older runs did)
+        return {k: v for k, v in {**defaults, **d}.items() if k not in ("seeds", "boot")}
 
     if path.exists():
         saved = json.loads(path.read_text())

@@ -1,7 +1,7 @@
 """Smoke tests: the demo and the paper's experiment end to end at a tiny scale, on real data.
 
 They check that the reports and plots are written and hold real numbers, not that the
-experiment's conclusions hold (too small a scale for that; see docs/results.md).
+experiment's conclusions hold (too small a scale for that; see docs/results_fashion_mnist.md).
 """
 
 from __future__ import annotations
