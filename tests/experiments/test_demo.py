@@ -2,7 +2,7 @@
 
 It checks that the report and plots are written and hold real numbers, and that the summary's
 numbers are the package's evaluator's (not that the demo's conclusions hold: too small a scale
-for that; see docs/results.md).
+for that; see docs/results_fashion_mnist.md).
 """
 
 from __future__ import annotations

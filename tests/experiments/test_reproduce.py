@@ -1,7 +1,7 @@
 """The paper's experiment end to end at a tiny scale on real Fashion-MNIST, called from Python.
 
 It checks that the report and plots are written and hold real numbers (not that the claims
-hold: too small a scale for that; see docs/results.md).
+hold: too small a scale for that; see docs/results_fashion_mnist.md).
 """
 
 from __future__ import annotations

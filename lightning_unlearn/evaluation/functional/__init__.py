@@ -35,6 +35,11 @@ from lightning_unlearn.evaluation.functional.losses import (
     per_example_losses,
     per_example_outputs,
 )
+from lightning_unlearn.evaluation.functional.matched import (
+    first_hold_step_in_band,
+    grouped_bootstrap_spearman,
+    trajectory_band,
+)
 from lightning_unlearn.evaluation.functional.membership import (
     KSResult,
     LearnedMIAResult,
@@ -97,11 +102,13 @@ __all__ = [
     "el2n_scores",
     "eval_mode",
     "first_hold_step",
+    "first_hold_step_in_band",
     "forget_quality_ks",
     "forget_sets_by_quantile",
     "forgetting_events",
     "gaussian_likelihood_ratio",
     "grand_scores",
+    "grouped_bootstrap_spearman",
     "input_curvature",
     "interpolate_state",
     "kaplan_meier",
@@ -124,5 +131,6 @@ __all__ = [
     "steps_to_unlearn",
     "summarise_censored",
     "tolerance_band",
+    "trajectory_band",
     "true_class_confidence",
 ]
