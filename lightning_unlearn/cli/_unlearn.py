@@ -128,7 +128,8 @@ def unlearn(
             b = report.budget
             return _print({"recommendation": "retrain", "reason": report.reason, "budget": b,
                            "request": request})  # fmt: skip
-        budget, source = int(result.budget or 0), SOURCES[report.budget["source"]]
+        # The budget of the request (the run's step limit adds the hold window to it).
+        budget, source = int(report.budget["steps"] or 0), SOURCES[report.budget["source"]]
     else:
         source = "fixed budget_steps"
         if budget_steps is None:

@@ -121,6 +121,8 @@ def test_calibrated_path_report_matches_recomputation(runs: dict[str, Any]) -> N
     assert report["ran"]
     assert report["recommendation"] == "unlearn"
     assert result["audit"]["budget_source"] == "budget calibration"
+    assert result["audit"]["budget"] == 24
+    assert result["budget"] == 24 + 2  # the run's step limit: the budget and the hold window
     assert result["steps"] == report["steps_used"] <= 24 + 2
     # The OUT verification before and after, recomputed from the saved files in plain torch.
     z_after = _scores(out / "unlearned.ckpt", root / "refs", runs["forget"])
