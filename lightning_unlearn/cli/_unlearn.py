@@ -96,10 +96,10 @@ def unlearn(
     bound: Any,
     reference: str | None = None,
     calibration: str | None = None,
-    hold: int = 5,
+    hold: int | None = None,
 ) -> dict[str, Any]:
     """Run ``unlearn`` (see :meth:`~lightning_unlearn.cli.commands.CommandTrainer.unlearn`)."""
-    _check_calibrated_options(reference, calibration, max_budget_steps, aggregate)
+    _check_calibrated_options(reference, calibration, hold, max_budget_steps, aggregate)
     load_weights(model.module, checkpoint)
     original = copy.deepcopy(model.module)
     recorded = load_ledger(ledger)
@@ -120,7 +120,7 @@ def unlearn(
 
         result, report = calibrated(
             trainer, model, frdm, recorded, reference=reference, calibration=calibration,
-            budget_steps=budget_steps, hold=hold, out=out,
+            budget_steps=budget_steps, hold=5 if hold is None else hold, out=out,
             constants=lambda: bound_constants(bound, recorded, model.lr),
         )  # fmt: skip
         if result is None:  # sent to retraining before any step: nothing unlearned, no weights
@@ -172,13 +172,17 @@ def _print(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_calibrated_options(
-    reference: str | None, calibration: str | None, max_budget_steps: int | None, aggregate: str
+    reference: str | None,
+    calibration: str | None,
+    hold: int | None,
+    max_budget_steps: int | None,
+    aggregate: str,
 ) -> None:
     """The options of the calibrated path (``--reference``) and of the bound's path agree."""
-    if reference is None and calibration is not None:
+    if reference is None and (calibration is not None or hold is not None):
         raise InvalidArgumentError(
-            "`--calibration` is the budget of the calibrated path; pass `--reference DIR` (the "
-            "reference models it was fitted from) too."
+            "`--calibration` and `--hold` belong to the calibrated path; pass `--reference DIR` "
+            "(the reference models' directory) too."
         )
     if reference is not None and (max_budget_steps is not None or aggregate != "max"):
         raise InvalidArgumentError(

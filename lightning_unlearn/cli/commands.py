@@ -93,7 +93,7 @@ class CommandTrainer(Trainer):
         bound: Bound = Bound(),
         reference: str | None = None,
         calibration: str | None = None,
-        hold: int = 5,
+        hold: int | None = None,
     ) -> dict[str, Any]:
         """Unlearn a forget set from a `fit` checkpoint with a budget from its privacy losses.
 
@@ -113,7 +113,8 @@ class CommandTrainer(Trainer):
                 models' OUT distributions, retrain recommendation, ``request.json`` / ``.md``.
             calibration: a saved budget calibration (``BudgetCalibration.save``): the budget
                 of the calibrated path (with ``reference``; else the bound or ``budget_steps``).
-            hold: the calibrated stop rule's hold window (extra satisfied steps).
+            hold: the calibrated stop rule's hold window (extra satisfied steps; default 5;
+                with ``reference``).
         """
         from lightning_unlearn.cli._unlearn import unlearn
 

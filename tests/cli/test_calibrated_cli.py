@@ -170,6 +170,7 @@ def test_clear_errors(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) 
         "Cannot read": ["--reference", str(corrupt)],
         "fitted on another": ["--reference", str(root / "refs"), "--calibration", str(cal)],
         "pass `--reference": ["--calibration", str(cal)],
+        "belong to the calibrated path": ["--hold", "2"],
     }
     for expected, extra in cases.items():
         assert main(_unlearn(runs, "e", *extra)) == 2
