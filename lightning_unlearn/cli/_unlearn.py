@@ -22,7 +22,7 @@ from lightning_unlearn.accounting import PrivacyLedger, UnlearningConstants
 from lightning_unlearn.checkpoints import load_weights, model_record, save_model
 from lightning_unlearn.data.forget_ids import read_forget_ids
 from lightning_unlearn.data.splits import ForgetRetainDataModule
-from lightning_unlearn.errors import CheckpointError
+from lightning_unlearn.errors import CheckpointError, InvalidArgumentError
 from lightning_unlearn.unlearning.audit import audit_record
 from lightning_unlearn.unlearning.budget import Aggregate, compute_budget
 from lightning_unlearn.unlearning.module import UnlearningModule
@@ -94,8 +94,12 @@ def unlearn(
     max_budget_steps: int | None,
     aggregate: Aggregate,
     bound: Any,
+    reference: str | None = None,
+    calibration: str | None = None,
+    hold: int | None = None,
 ) -> dict[str, Any]:
     """Run ``unlearn`` (see :meth:`~lightning_unlearn.cli.commands.CommandTrainer.unlearn`)."""
+    _check_calibrated_options(reference, calibration, hold, max_budget_steps, aggregate)
     load_weights(model.module, checkpoint)
     original = copy.deepcopy(model.module)
     recorded = load_ledger(ledger)
@@ -107,18 +111,35 @@ def unlearn(
     }
     # Checks the ledger against the checkpoint and the data in every mode, before σ is read.
     budget = compute_budget(recorded, frdm, steps=budget_steps or 0, **common)
-    source = "fixed budget_steps"
-    if budget_steps is None:
-        constants = bound_constants(bound, recorded, model.lr)
-        budget = compute_budget(
-            recorded, frdm, constants=constants, aggregate=aggregate,
-            max_steps=max_budget_steps, **common,
-        )  # fmt: skip
-        source = "THEORY §5 bound"
     out = Path(trainer.default_root_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = _run(trainer, model, frdm, budget)
+    report = None
+    if reference is not None:
+        from lightning_unlearn.cli._calibrated import SOURCES, calibrated
+
+        result, report = calibrated(
+            trainer, model, frdm, recorded, reference=reference, calibration=calibration,
+            budget_steps=budget_steps, hold=5 if hold is None else hold, out=out,
+            constants=lambda: bound_constants(bound, recorded, model.lr),
+        )  # fmt: skip
+        if result is None:  # sent to retraining before any step: nothing unlearned, no weights
+            request = str(out / "request.json")
+            b = report.budget
+            return _print({"recommendation": "retrain", "reason": report.reason, "budget": b,
+                           "request": request})  # fmt: skip
+        # The budget of the request (the run's step limit adds the hold window to it).
+        budget, source = int(report.budget["steps"] or 0), SOURCES[report.budget["source"]]
+    else:
+        source = "fixed budget_steps"
+        if budget_steps is None:
+            constants = bound_constants(bound, recorded, model.lr)
+            budget = compute_budget(
+                recorded, frdm, constants=constants, aggregate=aggregate,
+                max_steps=max_budget_steps, **common,
+            )  # fmt: skip
+            source = "THEORY §5 bound"
+        result = _run(trainer, model, frdm, budget)
     unlearned = model.unlearned_module().eval()
     result.extra.update(
         {"budget_source": source, "seconds": round(time.perf_counter() - start, 2),
@@ -140,5 +161,32 @@ def unlearn(
         "budget": budget,
         "stop_reason": result.stop_reason,
     }
+    if report is not None:
+        summary.update(recommendation=report.recommendation, request=str(out / "request.json"))
+    return _print(summary)
+
+
+def _print(summary: dict[str, Any]) -> dict[str, Any]:
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _check_calibrated_options(
+    reference: str | None,
+    calibration: str | None,
+    hold: int | None,
+    max_budget_steps: int | None,
+    aggregate: str,
+) -> None:
+    """The options of the calibrated path (``--reference``) and of the bound's path agree."""
+    if reference is None and (calibration is not None or hold is not None):
+        raise InvalidArgumentError(
+            "`--calibration` and `--hold` belong to the calibrated path; pass `--reference DIR` "
+            "(the reference models' directory) too."
+        )
+    if reference is not None and (max_budget_steps is not None or aggregate != "max"):
+        raise InvalidArgumentError(
+            "`--max_budget_steps` and `--aggregate` apply to the bound's path only; with "
+            "`--reference` the cap is one training run (the ledger's steps) and P is the max: "
+            "drop them."
+        )

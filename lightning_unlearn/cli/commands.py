@@ -91,6 +91,9 @@ class CommandTrainer(Trainer):
         max_budget_steps: int | None = None,
         aggregate: Aggregate = "max",
         bound: Bound = Bound(),
+        reference: str | None = None,
+        calibration: str | None = None,
+        hold: int | None = None,
     ) -> dict[str, Any]:
         """Unlearn a forget set from a `fit` checkpoint with a budget from its privacy losses.
 
@@ -105,13 +108,21 @@ class CommandTrainer(Trainer):
                 steps, beyond which retraining is cheaper).
             aggregate: P of a forget set: ``max``, ``mean`` or ``sum`` of its examples'.
             bound: THEORY §5's constants (when ``budget_steps`` is not given).
+            reference: the directory of ``lightning-unlearn reference`` (same model class and
+                data): the calibrated path, per-example stop rule against the reference
+                models' OUT distributions, retrain recommendation, ``request.json`` / ``.md``.
+            calibration: a saved budget calibration (``BudgetCalibration.save``): the budget
+                of the calibrated path (with ``reference``; else the bound or ``budget_steps``).
+            hold: the calibrated stop rule's hold window (extra satisfied steps; default 5;
+                with ``reference``).
         """
         from lightning_unlearn.cli._unlearn import unlearn
 
         return unlearn(
             self, model, datamodule, checkpoint, ledger, forget_ids,
             budget_steps=budget_steps, max_budget_steps=max_budget_steps,
-            aggregate=aggregate, bound=bound,
+            aggregate=aggregate, bound=bound, reference=reference, calibration=calibration,
+            hold=hold,
         )  # fmt: skip
 
     def evaluate(

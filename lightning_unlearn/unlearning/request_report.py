@@ -294,6 +294,8 @@ def calibrated_unlearn(
     seed: int = 0,
     trainer_kwargs: Mapping[str, Any] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    trainer: pl.Trainer | None = None,
+    unlearner: UnlearningModule | None = None,
     **unlearning_kwargs: Any,
 ) -> tuple[pl.LightningModule | None, RequestReport]:
     """Unlearn a deletion request with the calibrated stop rule, or say it should be retrained.
@@ -316,6 +318,12 @@ def calibrated_unlearn(
         trainer_kwargs: ``Trainer`` arguments (defaults: quiet, no checkpoints); a ``logger``
             here also receives the report's scalars.
         output_dir: where ``request.json`` and ``request.md`` are written (optional).
+        trainer: a caller's ``Trainer`` to run on instead of one built from ``trainer_kwargs``
+            (the command line's: its logger, accelerator and callbacks); its ``max_steps`` is
+            set to the budget and the stop rule is appended to its callbacks.
+        unlearner: a caller's :class:`~lightning_unlearn.UnlearningModule` whose ``module``
+            is ``model`` (unlearned in place: keep a copy), instead of one built from
+            ``method`` and ``unlearning_kwargs``.
         **unlearning_kwargs: :class:`~lightning_unlearn.UnlearningModule` arguments (``lr``).
 
     Returns:
@@ -326,6 +334,7 @@ def calibrated_unlearn(
         ReferenceCoverageError: forget examples the reference models cannot judge.
     """
     rule.check_ids(datamodule.forget_ids)
+    method = method if unlearner is None else unlearner.method
     if retrain_steps is None:
         recorded = None if ledger is None else ledger.metadata.get("steps")
         if not isinstance(recorded, int) or recorded <= 0:
@@ -361,17 +370,49 @@ def calibrated_unlearn(
         report.ran, report.stop_reason, report.arrival_step = True, "already_out", 0
     elif choice == "retrain" and not run_anyway:
         report.before = evaluate_splits(model, datamodule)
-    else:
-        pl.seed_everything(seed, verbose=False)
+    else:  # the budget bounds the arrival; the hold window's steps confirm it
+        limit = budget.steps + hold if budget.steps is not None and choice == "unlearn" else None
+        student = _run(
+            report, model, datamodule, rule, hold=hold, seed=seed, method=method,
+            limit=retrain_steps if limit is None else limit, trainer=trainer,
+            trainer_kwargs=trainer_kwargs, unlearner=unlearner, **unlearning_kwargs,
+        )  # fmt: skip
+    if trainer is not None and report.stop_reason in ("already_out", "not_run"):  # no fit: log now
+        for logger in trainer.loggers:
+            report.log_to(logger)
+            logger.finalize("success")
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        report.to_json(out / "request.json")
+        with atomic_write(out / "request.md", "w") as fh:
+            fh.write(report.to_markdown())
+    return student, report
+
+
+def _run(
+    report: RequestReport,
+    model: pl.LightningModule,
+    datamodule: ForgetRetainDataModule,
+    rule: OutRule,
+    *,
+    hold: int,
+    seed: int,
+    method: str,
+    limit: int,
+    trainer: pl.Trainer | None,
+    trainer_kwargs: Mapping[str, Any] | None,
+    unlearner: UnlearningModule | None,
+    **unlearning_kwargs: Any,
+) -> pl.LightningModule:
+    """Unlearn within ``limit`` steps under the calibrated stop rule; fill in ``report``."""
+    pl.seed_everything(seed, verbose=False)
+    if unlearner is None:
         student = copy.deepcopy(model).train()
         unlearner = UnlearningModule(student, method=method, seed=seed, **unlearning_kwargs)  # type: ignore[arg-type]
-        stopper = CalibratedStopping(rule, hold=hold)
-        # The budget bounds the arrival; the hold window's steps confirm it.
-        limit = (
-            budget.steps + hold
-            if budget.steps is not None and choice == "unlearn"
-            else retrain_steps
-        )
+    student = unlearner.module
+    stopper = CalibratedStopping(rule, hold=hold)
+    if trainer is None:
         settings: dict[str, Any] = {
             "max_steps": int(limit),
             "max_epochs": -1,
@@ -385,22 +426,19 @@ def calibrated_unlearn(
         settings.update(trainer_kwargs or {})
         settings["callbacks"] = [*settings.get("callbacks", []), stopper]
         trainer = pl.Trainer(**settings)
-        trainer.fit(unlearner, datamodule=datamodule)
-        result = unlearner.result
-        assert result is not None
-        report.ran = True
-        report.steps_used = result.steps
-        report.stop_reason = result.stop_reason
-        report.before, report.after = result.before, result.after
-        report.verification_after = verify_forget_set(rule, student, datamodule)
-        report.compute_fraction = result.steps / retrain_steps
-        report.arrival_step = stopper.arrival_step
-        for logger in trainer.loggers:
-            report.log_to(logger, step=result.steps)
-    if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        report.to_json(out / "request.json")
-        with atomic_write(out / "request.md", "w") as fh:
-            fh.write(report.to_markdown())
-    return student, report
+    else:
+        trainer.fit_loop.epoch_loop.max_steps = int(limit)
+        trainer.callbacks.append(stopper)  # type: ignore[attr-defined]
+    trainer.fit(unlearner, datamodule=datamodule)
+    result = unlearner.result
+    assert result is not None
+    report.ran = True
+    report.steps_used = result.steps
+    report.stop_reason = result.stop_reason
+    report.before, report.after = result.before, result.after
+    report.verification_after = verify_forget_set(rule, student, datamodule)
+    report.compute_fraction = result.steps / report.retrain_steps
+    report.arrival_step = stopper.arrival_step
+    for logger in trainer.loggers:
+        report.log_to(logger, step=result.steps)
+    return student

@@ -1,0 +1,180 @@
+"""``lightning-unlearn unlearn --reference DIR``: fit -> reference -> the calibrated path on
+digits; the report's OUT verification recomputed here in plain torch from the saved
+statistics and checkpoints; the retrain recommendation honoured; clear errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_unlearn.checkpoints import load_weights
+from lightning_unlearn.cli import main
+from lightning_unlearn.data.fingerprint import dataset_fingerprint
+from lightning_unlearn.data.modules import DigitsDataModule
+from lightning_unlearn.models import MLPClassifier
+from lightning_unlearn.unlearning.calibration import BudgetCalibration
+
+pytestmark = pytest.mark.slow  # ~40 s: a fit, K = 4 reference models and three unlearning runs
+
+MLP = ["--model.init_args.input_dim", "64", "--model.init_args.lr", "0.5",
+       "--model.init_args.momentum", "0.9"]  # fmt: skip
+HPARAMS = {"input_dim": 64, "lr": 0.5, "momentum": 0.9}
+EPOCHS = "12"
+
+
+def _phi(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logit-scaled confidence log p_y - log(1 - p_y) = z_y - logsumexp of the other logits."""
+    with torch.no_grad():
+        z = model.eval()(x).double()
+    others = z.scatter(1, y[:, None], float("-inf"))
+    return z.gather(1, y[:, None]).squeeze(1) - others.logsumexp(1)
+
+
+def _law(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column: mean, and the predictive scale of THEORY §6's shrunk Gaussian (nu0 = 2)."""
+    n = mask.sum(0).double()
+    v = torch.where(mask, values, 0.0)
+    mean = v.sum(0) / n
+    var = (torch.where(mask, values - mean, 0.0) ** 2).sum(0) / (n - 1)
+    pooled = var[n >= 2].mean()
+    shrunk = (2.0 * pooled + (n - 1) * var) / (2.0 + n - 1)
+    return mean, shrunk.sqrt() * torch.sqrt(1.0 + 1.0 / n)
+
+
+def _scores(ckpt: Path, refs: Path, ids: torch.Tensor) -> torch.Tensor:
+    """The OUT scores z_i - delta of ``ckpt`` on training examples ``ids``, from the files."""
+    dm = DigitsDataModule()
+    dm.setup()
+    x, y = dm.train_dataset.dataset.tensors[:2]  # type: ignore[union-attr]
+    xh, yh = dm.test_dataset.dataset.tensors[:2]  # type: ignore[union-attr]
+    model = MLPClassifier(**HPARAMS)
+    load_weights(model, ckpt)
+    stats = torch.load(refs / "reference_stats.pt", weights_only=True)
+    mean, scale = _law(stats["phi"], ~stats["in_mask"])
+    held = []
+    for j in range(stats["phi"].shape[0]):
+        ref = MLPClassifier(**HPARAMS)
+        ref.load_state_dict(torch.load(refs / f"model_{j:03d}.pt", weights_only=True)["state_dict"])
+        held.append(_phi(ref, xh, yh))
+    h_values = torch.stack(held)
+    h_mean, h_scale = _law(h_values, torch.ones_like(h_values, dtype=torch.bool))
+    shift = ((_phi(model, xh, yh) - h_mean) / h_scale).median()
+    return (_phi(model, x[ids], y[ids]) - mean[ids]) / scale[ids] - shift
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("calibrated")
+    fit = ["fit", "--model", "lightning_unlearn.models.MLPClassifier", *MLP,
+           "--trainer.max_epochs", EPOCHS, "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    assert main([*fit, "--output_dir", str(root / "fit")]) == 0
+    ref = ["reference", "--model", "lightning_unlearn.models.MLPClassifier", *MLP, "--k", "4",
+           "--max_epochs", EPOCHS, "--progress", "false"]  # fmt: skip
+    assert main([*ref, "--output_dir", str(root / "refs")]) == 0
+    z = _scores(root / "fit" / "model.ckpt", root / "refs", torch.arange(1258))
+    forget = z.argsort(descending=True)[:6].sort().values  # the examples that look most IN
+    assert int((z[forget] > 2.0).sum()) >= 3  # the trained model still shows them as members
+    return {"root": root, "forget": forget, "z_before": z[forget]}
+
+
+def _unlearn(runs: dict[str, Any], out: str, *extra: str) -> list[str]:
+    root = runs["root"]
+    return [
+        "unlearn", "--model.init_args.module", "lightning_unlearn.models.MLPClassifier",
+        *[a.replace("--model.", "--model.init_args.module.") for a in MLP],
+        "--model.init_args.lr", "0.1", "--checkpoint", str(root / "fit" / "model.ckpt"),
+        "--ledger", str(root / "fit" / "privacy_ledger.pt"),
+        "--forget_ids", ",".join(str(i) for i in runs["forget"].tolist()),
+        "--trainer.enable_progress_bar", "false", "--output_dir", str(root / out), *extra,
+    ]  # fmt: skip
+
+
+def _calibration(runs: dict[str, Any], b: float, **metadata: Any) -> Path:
+    """A saved calibration of this data set, flat in P (k = b for every flagged example)."""
+    dm = DigitsDataModule()
+    dm.setup()
+    meta = {"num_samples": 1258, "dataset_fingerprint": dataset_fingerprint(dm.train_dataset, 1258)}
+    cal = BudgetCalibration(
+        a=0.0, b=b, order=8, miscoverage=0.2, residual_low=-2.0, residual_high=4.0,
+        num_points=30, num_censored=0, cap=240, log_p_range=(0.0, 5.0), rates=(0.02,) * 4,
+        level=0.05, threshold=2.0, hold=2, metadata={**meta, **metadata},
+    )  # fmt: skip
+    return cal.save(runs["root"] / f"cal_{b:g}_{len(metadata)}.json")
+
+
+def test_calibrated_path_report_matches_recomputation(runs: dict[str, Any]) -> None:
+    root = runs["root"]
+    cal = _calibration(runs, 20.0)
+    argv = _unlearn(runs, "u", "--reference", str(root / "refs"), "--calibration", str(cal))
+    assert main([*argv, "--hold", "2"]) == 0
+    out = root / "u"
+    report = json.loads((out / "request.json").read_text())
+    result = json.loads((out / "result.json").read_text())
+    assert report["budget"] == {"steps": 24, "source": "calibration", "predicted": 20,
+                                "low": 18, "high": 24.0}  # fmt: skip
+    assert report["ran"]
+    assert report["recommendation"] == "unlearn"
+    assert result["audit"]["budget_source"] == "budget calibration"
+    assert result["audit"]["budget"] == 24
+    assert result["budget"] == 24 + 2  # the run's step limit: the budget and the hold window
+    assert result["steps"] == report["steps_used"] <= 24 + 2
+    # The OUT verification before and after, recomputed from the saved files in plain torch.
+    z_after = _scores(out / "unlearned.ckpt", root / "refs", runs["forget"])
+    for key, z in (("verification_before", runs["z_before"]), ("verification_after", z_after)):
+        got = report[key]
+        assert got["flagged"] == int((z > 2.0).sum())
+        assert got["flagged_ids"] == runs["forget"][z > 2.0].tolist()
+        assert got["mean_score"] == pytest.approx(float(z.mean()), abs=1e-4)  # float32 logits
+    if report["stop_reason"] == "calibrated":
+        assert report["verification_after"]["satisfied"]
+    assert report["compute_fraction"] == pytest.approx(report["steps_used"] / 240)
+    assert "Deletion request" in (out / "request.md").read_text()
+    assert main(["audit", str(out / "result.json")]) == 0  # the audit record verifies
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert {"request/steps_used", "unlearn/out_flagged"} <= set(events.Tags()["scalars"])
+
+
+def test_retrain_recommendation_spends_nothing(runs: dict[str, Any]) -> None:
+    root = runs["root"]
+    cal = _calibration(runs, 10_000.0)  # far above one training run (240 steps)
+    argv = _unlearn(runs, "r", "--reference", str(root / "refs"), "--calibration", str(cal))
+    assert main(argv) == 0
+    report = json.loads((root / "r" / "request.json").read_text())
+    assert report["recommendation"] == "retrain"
+    assert not report["ran"]
+    assert report["steps_used"] == 0
+    assert report["budget"]["predicted"] == 10_000
+    assert not (root / "r" / "unlearned.ckpt").exists()
+    assert not (root / "r" / "result.json").exists()
+
+
+def test_clear_errors(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    root = runs["root"]
+    foreign = root / "foreign_refs"
+    shutil.copytree(root / "refs", foreign)
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    (foreign / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": "0" * 16}))
+    corrupt = root / "corrupt_refs"
+    shutil.copytree(root / "refs", corrupt)
+    (corrupt / "reference_stats.pt").write_bytes(b"not a torch file")
+    cal = _calibration(runs, 20.0, dataset_fingerprint="f" * 16)
+    cases = {
+        "does not exist": ["--reference", str(root / "missing")],
+        "another data set": ["--reference", str(foreign)],
+        "Cannot read": ["--reference", str(corrupt)],
+        "fitted on another": ["--reference", str(root / "refs"), "--calibration", str(cal)],
+        "pass `--reference": ["--calibration", str(cal)],
+        "belong to the calibrated path": ["--hold", "2"],
+    }
+    for expected, extra in cases.items():
+        assert main(_unlearn(runs, "e", *extra)) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err, err
+        assert len(err.splitlines()) == 1, err
+    assert not (root / "e" / "unlearned.ckpt").exists()
