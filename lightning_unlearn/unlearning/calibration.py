@@ -95,14 +95,20 @@ def loo_residuals(x: Tensor, y: Tensor) -> tuple[float, float, Tensor]:
 def _conformal_ends(loo: Tensor, miscoverage: float) -> tuple[float, float]:
     """Residual quantiles of a jackknife interval of coverage ``1 - miscoverage``: the
     ``floor((n+1) g/2)``-th and ``ceil((n+1)(1-g/2))``-th smallest LOO residuals (infinite
-    when the rank falls outside ``1..n``)."""
+    when the rank falls outside ``1..n``).
+
+    With skewed residuals both quantiles can fall on one side of 0, and the interval would then
+    exclude its own point prediction (measured: an upper residual of -2.74 gave a budget below
+    the fitted line). The ends are widened to 0 in that case, so ``low <= point <= high`` always
+    holds; widening only raises the coverage.
+    """
     r = loo.sort().values
     n = r.numel()
     lo_rank = math.floor((n + 1) * miscoverage / 2)
     hi_rank = math.ceil((n + 1) * (1 - miscoverage / 2))
     lo = float(r[lo_rank - 1]) if lo_rank >= 1 else -math.inf
     hi = float(r[hi_rank - 1]) if hi_rank <= n else math.inf
-    return lo, hi
+    return min(lo, 0.0), max(hi, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +151,14 @@ class BudgetCalibration:
     hold: int
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     hurdle: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.residual_low <= 0.0 <= self.residual_high):
+            raise CalibrationError(
+                "Expected residual_low <= 0 <= residual_high (an interval that contains its "
+                f"point prediction), but got [{self.residual_low}, {self.residual_high}]; refit "
+                "the calibration with `calibrate_budget`."
+            )
 
     def step_model(self) -> StepModel:
         """The point fit as an :class:`~lightning_unlearn.accounting.StepModel`."""

@@ -149,3 +149,32 @@ def test_hurdle_fit_and_prediction() -> None:
     # Unflagged examples need no step; all flagged is the conservative default.
     assert cal.predict(p, torch.zeros(6, dtype=torch.bool)) == (0, 0, 0.0)
     assert cal.predict(p, torch.ones(6, dtype=torch.bool)) == cal.predict(p)
+
+
+def test_interval_always_contains_its_point_prediction() -> None:
+    """Skewed residuals (one far outlier in the middle of a line) put both jackknife quantiles
+    below 0; the ends are widened to 0 so the budget (the upper end) is never below the line."""
+    import numpy as np
+
+    x = np.arange(1.0, 11.0)
+    y = np.where(x == 5, 100.0, x)
+    p = torch.tensor(np.exp(x), dtype=torch.float64)
+    steps = torch.tensor(y, dtype=torch.long)
+    # independent reference: leave-one-out residuals by explicit refits with numpy
+    loo = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        a, b = np.polyfit(x[keep], y[keep], 1)
+        loo.append(y[i] - (a * x[i] + b))
+    hi_rank = math.ceil((len(x) + 1) * (1 - 0.5 / 2))
+    assert sorted(loo)[hi_rank - 1] < 0  # the raw upper end would sit below the line
+    cal = fit_calibration(
+        p, steps, torch.ones(len(x), dtype=torch.bool), order=8, cap=500,
+        rates=torch.zeros(1), level=0.05, threshold=2.0, hold=0, miscoverage=0.5,
+    )  # fmt: skip
+    assert cal.residual_low <= 0.0 <= cal.residual_high
+    for value in p:
+        pred = cal.predict(value[None])
+        assert pred.low <= pred.steps <= pred.high
+    with pytest.raises(CalibrationError, match="contains its point prediction"):
+        _cal(residual_high=-1.0)
