@@ -33,6 +33,7 @@ from lightning_unlearn.unlearning.calibration import (
 )
 from lightning_unlearn.unlearning.module import UnlearningModule
 from lightning_unlearn.unlearning.reference import ReferenceModels
+from lightning_unlearn.unlearning.trajectory import quiet_trainer_kwargs
 
 __all__ = ["calibrate_budget", "probe_ids", "probe_steps"]
 
@@ -49,21 +50,6 @@ def probe_ids(in_ids: torch.Tensor, privacy_loss: torch.Tensor, size: int) -> to
     size = min(size, order.numel())
     pos = torch.linspace(0, order.numel() - 1, size).round().long()
     return order[pos.unique()].sort().values
-
-
-def _quiet(trainer_kwargs: Mapping[str, Any] | None, max_steps: int) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "max_steps": max_steps,
-        "max_epochs": -1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-    }
-    settings.update(trainer_kwargs or {})
-    return settings
 
 
 def probe_steps(
@@ -107,7 +93,7 @@ def probe_steps(
         heldout_dataloader=eval_dm.heldout_dataloader() if heldout is not None else None,
     )
     unlearner = UnlearningModule(student, method=method, seed=seed, **unlearning_kwargs)  # type: ignore[arg-type]
-    settings = _quiet(trainer_kwargs, cap)
+    settings = quiet_trainer_kwargs(trainer_kwargs, cap)
     settings["callbacks"] = [*settings.get("callbacks", []), observer]
     pl.Trainer(**settings).fit(unlearner, datamodule=train_dm)
     scores = torch.stack(observer.scores)  # [T, P]

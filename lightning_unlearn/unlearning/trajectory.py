@@ -134,6 +134,25 @@ class ForgetTrajectoryRecorder(Callback):
         self.records = [tuple(r) for r in state_dict["records"]]
 
 
+def quiet_trainer_kwargs(
+    trainer_kwargs: Mapping[str, Any] | None, max_steps: int
+) -> dict[str, Any]:
+    """``Trainer`` keywords of a measured unlearning run: ``max_steps`` steps, no logger,
+    checkpoints, progress bar, summary or validation; ``trainer_kwargs`` override them."""
+    settings: dict[str, Any] = {
+        "max_steps": max_steps,
+        "max_epochs": -1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
+    settings.update(trainer_kwargs or {})
+    return settings
+
+
 def record_unlearning(
     model: pl.LightningModule,
     frdm: ForgetRetainDataModule,
@@ -173,17 +192,7 @@ def record_unlearning(
         return recorder.trajectory(), student
     student.train()
     unlearner = UnlearningModule(student, method=method, seed=seed, **unlearning_kwargs)  # type: ignore[arg-type]
-    settings: dict[str, Any] = {
-        "max_steps": max_steps,
-        "max_epochs": -1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-    }
-    settings.update(trainer_kwargs or {})
+    settings = quiet_trainer_kwargs(trainer_kwargs, max_steps)
     settings["callbacks"] = [*settings.get("callbacks", []), recorder]
     pl.Trainer(**settings).fit(unlearner, datamodule=frdm)
     return recorder.trajectory(), unlearner.unlearned_module()
