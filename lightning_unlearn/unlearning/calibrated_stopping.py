@@ -7,15 +7,23 @@ the reference models that never trained on it (THEORY §6; U-LiRA, Hayes et al. 
 offline test, Carlini et al. 2022):
 
 1. :class:`OutRule` fits each example's OUT law from :class:`ReferenceStatistics`, and derives
-   the tolerance from the reference models themselves: every reference model is scored on the
-   examples *it* never trained on against the other OUT models (null draws of the score), which
-   gives each model's false-flag rate; the number of flagged examples a never-trained-on set of
-   ``E`` examples shows is a mixture of binomials over those rates, and the tolerance is its
-   ``1 - level`` quantile (:func:`~lightning_unlearn.evaluation.functional.out_score.
-   flagged_tolerance`).
+   two tolerances from the reference models themselves: every reference model is scored on the
+   examples *it* never trained on against the other OUT models, read through its own held-out
+   map exactly as a tested model is (null draws of the score). Their false-flag rates give the
+   number of flagged examples a never-trained-on set of ``E`` examples shows (a mixture of
+   binomials, :func:`~lightning_unlearn.evaluation.functional.out_score.flagged_tolerance`),
+   and their means of ``E`` draws the set's mean score
+   (:func:`~lightning_unlearn.evaluation.functional.out_score.mean_score_tolerance`); each
+   tolerance is a ``1 - level`` quantile.
 2. :class:`CalibratedStopping` scores the forget set after every optimizer step and stops the
-   run once the number of flagged examples has stayed within the tolerance for ``hold + 1``
-   consecutive steps.
+   run once both the number of flagged examples and the mean score have stayed within their
+   tolerances for ``hold + 1`` consecutive steps.
+
+The tested model (trained on all of ``D``) is more confident on unseen data than reference
+models trained on halves, and not uniformly: its held-out values are mapped onto the reference
+models' by a weighted line in value space (:func:`~lightning_unlearn.evaluation.functional.
+out_score.fit_heldout_map`), refitted at every check, so the scores compare it with what *it*
+would do on an example it never saw.
 """
 
 from __future__ import annotations
@@ -34,10 +42,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_unlearn.evaluation.functional.out_score import (
+    IDENTITY_MAP,
+    HeldoutMap,
     OutGaussian,
+    fit_heldout_map,
     flagged_tolerance,
-    heldout_shift,
     leave_one_out_zscores,
+    mean_score_tolerance,
     member_rates,
     out_gaussian,
     out_zscores,
@@ -53,7 +64,7 @@ __all__ = [
     "reference_heldout_values",
 ]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 _RULE_KIND = "lightning_unlearn.out_rule"
 
 
@@ -69,7 +80,7 @@ def reference_heldout_values(
 
     No reference model trained on held-out data, so these values show how confident models of
     the recipe are on unseen data (:func:`~lightning_unlearn.evaluation.functional.out_score.
-    heldout_shift`). Sorted by id.
+    fit_heldout_map`). Sorted by id.
     """
     rows, ids = [], None
     for module in refs.modules:
@@ -90,11 +101,13 @@ class OutRule:
     Attributes:
         law: the OUT law of every training example (``[N]`` mean, shrunk std, count).
         rates: ``[K]`` each reference model's null rate of flagged OUT examples.
+        null: ``[K, N]`` the null scores the rates and the mean tolerance are read from
+            (``None``: a hand-built rule without a mean criterion).
         metric: ``"phi"`` or ``"loss"``.
         threshold: an example is flagged ("still looks trained on") when its score exceeds it.
         level: the tolerance is the ``1 - level`` quantile of the null count.
         prior_weight: pseudo-models of the variance shrinkage.
-        heldout_ids: ``[H]`` ids of the held-out set the shift is read on (or ``None``).
+        heldout_ids: ``[H]`` ids of the held-out set the map is fitted on (or ``None``).
         heldout_law: the reference models' law on that set (or ``None``).
         min_out_models: fewest OUT models an example needs to be judged.
     """
@@ -108,6 +121,7 @@ class OutRule:
     heldout_ids: Tensor | None = None
     heldout_law: OutGaussian | None = None
     min_out_models: int = 2
+    null: Tensor | None = None
 
     @property
     def direction(self) -> float:
@@ -134,9 +148,9 @@ class OutRule:
         r"""Fit the rule: the OUT laws, and the null rates from leave-one-out scores.
 
         Model :math:`j`'s rate is :math:`\rho_j = \frac{1}{|O_j|} \sum_{i \in O_j}
-        [z^{(-j)}_{j,i} - \delta_j > t]` over the examples :math:`O_j` it never trained on,
-        with :math:`z^{(-j)}` the score against the other OUT models and :math:`\delta_j` its
-        held-out shift against the other models (0 without ``heldout``).
+        [z^{(-j)}_{j,i} > t]` over the examples :math:`O_j` it never trained on, with
+        :math:`z^{(-j)}` the score against the other OUT models, read through model
+        :math:`j`'s held-out map against the other models (the identity without ``heldout``).
 
         Args:
             stats: the reference models' tables (:meth:`ReferenceModels.statistics`).
@@ -145,7 +159,8 @@ class OutRule:
             level: :math:`\beta` of the tolerance.
             prior_weight: :math:`\nu_0` of the variance shrinkage.
             heldout: ``(values [K, H], ids [H])`` from :func:`reference_heldout_values`, to read
-                scores relative to the tested model's confidence on unseen data.
+                scores through the tested model's map on unseen data (strongly advised: without
+                it a model trained on all of ``D`` is compared with models trained on halves).
             min_out_models: fewest OUT models per judged example (>= 2).
 
         Raises:
@@ -162,10 +177,7 @@ class OutRule:
         out_mask = ~stats.in_mask & ~values.isnan()
         direction = 1.0 if metric == "phi" else -1.0
         law = out_gaussian(values, out_mask, prior_weight=prior_weight)
-        null = leave_one_out_zscores(
-            values, out_mask, direction=direction, prior_weight=prior_weight
-        )
-        heldout_law = heldout_ids = None
+        heldout_law = heldout_ids = ref_values = None
         if heldout is not None:
             ref_values, heldout_ids = heldout
             if ref_values.shape[0] != values.shape[0]:
@@ -175,12 +187,9 @@ class OutRule:
                 )
             everyone = torch.ones_like(ref_values, dtype=torch.bool)
             heldout_law = out_gaussian(ref_values, everyone, prior_weight=prior_weight)
-            for j in range(ref_values.shape[0]):
-                keep = torch.arange(ref_values.shape[0]) != j
-                shift = heldout_shift(
-                    ref_values[j], ref_values[keep], direction=direction, prior_weight=prior_weight
-                )
-                null[j] -= shift
+        null = leave_one_out_zscores(
+            values, out_mask, direction=direction, prior_weight=prior_weight, heldout=ref_values
+        )
         rates = member_rates(null, threshold)
         return cls(
             law=law,
@@ -192,6 +201,7 @@ class OutRule:
             heldout_ids=heldout_ids,
             heldout_law=heldout_law,
             min_out_models=min_out_models,
+            null=null,
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -203,6 +213,7 @@ class OutRule:
             "rates": self.rates,
             "heldout_ids": self.heldout_ids,
             "heldout_law": None if self.heldout_law is None else tuple(self.heldout_law),
+            "null": self.null,
             "settings": {
                 "metric": self.metric,
                 "threshold": self.threshold,
@@ -233,6 +244,7 @@ class OutRule:
             rates=data["rates"],
             heldout_ids=data["heldout_ids"],
             heldout_law=None if held is None else OutGaussian(*held),
+            null=data["null"],
             **data["settings"],
         )
 
@@ -265,14 +277,21 @@ class OutRule:
         """The flagged-count tolerance of a set of ``size`` examples."""
         return flagged_tolerance(self.rates, size, self.level)
 
-    def shift(self, heldout_values: Tensor, heldout_ids: Tensor) -> float:
-        """The tested model's held-out shift :math:`\\delta` (0 without a held-out law).
+    def mean_tolerance(self, size: int) -> float:
+        """The mean-score tolerance of a set of ``size`` examples (``inf`` without null draws)."""
+        if self.null is None:
+            return math.inf
+        return mean_score_tolerance(self.null, size, self.level)
+
+    def heldout_map(self, heldout_values: Tensor, heldout_ids: Tensor) -> HeldoutMap:
+        """The tested model's :class:`HeldoutMap` from its held-out values (identity without a
+        held-out law).
 
         Raises:
             ReferenceCoverageError: held-out ids the reference models were not scored on.
         """
         if self.heldout_law is None or self.heldout_ids is None:
-            return 0.0
+            return IDENTITY_MAP
         ids = heldout_ids.long().cpu()
         pos = torch.searchsorted(self.heldout_ids, ids).clamp(max=self.heldout_ids.numel() - 1)
         if not torch.equal(self.heldout_ids[pos], ids):
@@ -283,36 +302,50 @@ class OutRule:
         law = OutGaussian(
             self.heldout_law.mean[pos], self.heldout_law.std[pos], self.heldout_law.n[pos]
         )
-        z = out_zscores(heldout_values.double().cpu(), law, direction=self.direction)
-        return float(z.median())
+        return fit_heldout_map(heldout_values.double().cpu(), law)
 
-    def scores(self, values: Tensor, sample_ids: Tensor, shift: float = 0.0) -> Tensor:
-        """``[E]`` shifted scores :math:`z_i - \\delta` of a tested model's values."""
+    def scores(
+        self, values: Tensor, sample_ids: Tensor, heldout_map: HeldoutMap = IDENTITY_MAP
+    ) -> Tensor:
+        """``[E]`` scores :math:`z_i` of a tested model's values, read through its map."""
         ids = sample_ids.long().cpu()
         law = OutGaussian(self.law.mean[ids], self.law.std[ids], self.law.n[ids])
-        return out_zscores(values.double().cpu(), law, direction=self.direction) - shift
+        return out_zscores(
+            values.double().cpu(), law, direction=self.direction, heldout_map=heldout_map
+        )
 
-    def verify(self, values: Tensor, sample_ids: Tensor, shift: float = 0.0) -> dict[str, Any]:
+    def judge(self, scores: Tensor) -> dict[str, Any]:
+        """The rule's verdict on ``[E]`` scores: flagged count and mean against tolerances."""
+        size = int(scores.numel())
+        flagged = int((scores > self.threshold).sum())
+        tol, mean_tol, mean = self.tolerance(size), self.mean_tolerance(size), float(scores.mean())
+        return {
+            "size": size,
+            "flagged": flagged,
+            "tolerance": tol,
+            "mean_score": mean,
+            "mean_tolerance": mean_tol,
+            "satisfied": bool(flagged <= tol and mean <= mean_tol),
+        }
+
+    def verify(
+        self, values: Tensor, sample_ids: Tensor, heldout_map: HeldoutMap = IDENTITY_MAP
+    ) -> dict[str, Any]:
         """Per-example verification of a forget set against OUT (the report's numbers).
 
         Returns:
-            ``{"size", "flagged", "tolerance", "satisfied", "mean_score", "flagged_ids",
-            "under_ids", "shift"}``; ``under_ids`` are examples *less* confident than OUT by
-            more than the threshold (over-unlearned), reported, not part of the rule.
+            :meth:`judge`'s ``{"size", "flagged", "tolerance", "mean_score",
+            "mean_tolerance", "satisfied"}`` with ``"flagged_ids"``, ``"under_ids"`` and
+            ``"map"``; ``under_ids`` are examples *less* confident than OUT by more than the
+            threshold (over-unlearned), reported, not part of the rule.
         """
         ids = self.check_ids(sample_ids)
-        z = self.scores(values, ids, shift)
-        flagged = z > self.threshold
-        tol = self.tolerance(int(ids.numel()))
+        z = self.scores(values, ids, heldout_map)
         return {
-            "size": int(ids.numel()),
-            "flagged": int(flagged.sum()),
-            "tolerance": tol,
-            "satisfied": bool(int(flagged.sum()) <= tol),
-            "mean_score": float(z.mean()),
-            "flagged_ids": ids[flagged].tolist(),
+            **self.judge(z),
+            "flagged_ids": ids[z > self.threshold].tolist(),
             "under_ids": ids[z < -self.threshold].tolist(),
-            "shift": float(shift),
+            "map": heldout_map.as_dict(),
         }
 
 
@@ -320,13 +353,15 @@ class CalibratedStopping(Callback):
     """Stop an unlearning run once the forget set is indistinguishable from never-trained-on.
 
     After every optimizer step (and before the first), the forget set is scored against each
-    example's OUT law (:class:`OutRule`, read relative to the model's held-out shift when the
-    rule has a held-out law), and the step is *satisfied* when at most ``rule.tolerance(E)``
-    examples score above the threshold. The run stops at the first step that ends ``hold + 1``
-    consecutive satisfied steps (not before ``min_steps``), decided through
+    example's OUT law (:class:`OutRule`, read through the model's held-out map when the rule
+    has a held-out law), and the step is *satisfied* when at most ``rule.tolerance(E)``
+    examples score above the threshold and the mean score is at most
+    ``rule.mean_tolerance(E)`` (:meth:`OutRule.judge`). The run stops at the first step that
+    ends ``hold + 1`` consecutive satisfied steps (not before ``min_steps``), decided through
     ``trainer.strategy.reduce_boolean_decision``. Each check is appended to :attr:`trajectory`
     and logged as ``unlearn/out_flagged``, ``unlearn/out_tolerance``,
-    ``unlearn/out_mean_score`` and ``unlearn/out_shift``. One host synchronisation per step
+    ``unlearn/out_mean_score``, ``unlearn/out_mean_tolerance``, ``unlearn/out_map_slope`` and
+    ``unlearn/out_map_scale``. One host synchronisation per step
     (the stop decision itself).
 
     Args:
@@ -334,7 +369,7 @@ class CalibratedStopping(Callback):
         hold: extra consecutive satisfied steps required (>= 0).
         min_steps: never stop before this step.
         forget_dataloader: the forget set (default ``trainer.datamodule.forget_dataloader()``).
-        heldout_dataloader: the held-out set of the rule's shift (default the data module's,
+        heldout_dataloader: the held-out set of the rule's map (default the data module's,
             when the rule has a held-out law).
         stop: ``False`` only observes (records and logs, never stops).
         keep_scores: keep the per-example scores of every step in :attr:`scores`.
@@ -404,46 +439,40 @@ class CalibratedStopping(Callback):
             )
         return forget, heldout
 
-    def measure(self, model: nn.Module, trainer: pl.Trainer) -> tuple[Tensor, Tensor, float]:
-        """``(scores [E], sample_ids [E], shift)`` of ``model`` now (overridable)."""
+    def measure(self, model: nn.Module, trainer: pl.Trainer) -> tuple[Tensor, Tensor, HeldoutMap]:
+        """``(scores [E], sample_ids [E], held-out map)`` of ``model`` now (overridable)."""
         forget, heldout = self._loaders(trainer)
         phi, loss, ids = score_model(model, forget)
         values = phi if self.rule.metric == "phi" else loss
         ids = self.rule.check_ids(ids)
-        shift = 0.0
+        hmap = IDENTITY_MAP
         if heldout is not None:
             h_phi, h_loss, h_ids = score_model(model, heldout)
-            shift = self.rule.shift(h_phi if self.rule.metric == "phi" else h_loss, h_ids.cpu())
-        return self.rule.scores(values, ids, shift), ids, shift
+            hmap = self.rule.heldout_map(
+                h_phi if self.rule.metric == "phi" else h_loss, h_ids.cpu()
+            )
+        return self.rule.scores(values, ids, hmap), ids, hmap
 
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Score the forget set now, record, log and (when the hold is complete) stop."""
         inner = getattr(pl_module, "module", None)
         model: nn.Module = inner if isinstance(inner, nn.Module) else pl_module
-        z, ids, shift = self.measure(model, trainer)
+        z, ids, hmap = self.measure(model, trainer)
         self.sample_ids = ids
-        flagged = int((z > self.rule.threshold).sum())
-        tol = self.rule.tolerance(int(ids.numel()))
-        satisfied = flagged <= tol
-        self._run = self._run + 1 if satisfied else 0
+        verdict = self.rule.judge(z)
+        self._run = self._run + 1 if verdict["satisfied"] else 0
         step = int(trainer.global_step)
-        record: dict[str, Any] = {
-            "step": step,
-            "flagged": flagged,
-            "tolerance": tol,
-            "size": int(ids.numel()),
-            "mean_score": float(z.mean()),
-            "shift": shift,
-            "satisfied": satisfied,
-        }
+        record: dict[str, Any] = {"step": step, **verdict, "map": hmap.as_dict()}
         self.trajectory.append(record)
         if self.keep_scores:
             self.scores.append(z)
         metrics = {
-            "unlearn/out_flagged": float(flagged),
-            "unlearn/out_tolerance": float(tol),
-            "unlearn/out_mean_score": float(z.mean()),
-            "unlearn/out_shift": shift,
+            "unlearn/out_flagged": float(verdict["flagged"]),
+            "unlearn/out_tolerance": float(verdict["tolerance"]),
+            "unlearn/out_mean_score": verdict["mean_score"],
+            "unlearn/out_mean_tolerance": verdict["mean_tolerance"],
+            "unlearn/out_map_slope": hmap.slope,
+            "unlearn/out_map_scale": hmap.scale,
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)

@@ -31,6 +31,7 @@ import torch
 
 from lightning_unlearn.accounting import PrivacyLedger, UnlearningConstants
 from lightning_unlearn.data.splits import ForgetRetainDataModule
+from lightning_unlearn.evaluation.functional.out_score import IDENTITY_MAP
 from lightning_unlearn.integrity import atomic_write
 from lightning_unlearn.unlearning.budget import budget_cap, compute_budget
 from lightning_unlearn.unlearning.calibrated_stopping import CalibratedStopping, OutRule
@@ -221,7 +222,7 @@ class RequestReport:
                 lines.append(
                     f"- OUT verification {name}: {v['flagged']} of {v['size']} forget examples "
                     f"still look trained on (tolerance {v['tolerance']}), mean score "
-                    f"{v['mean_score']:.2f}"
+                    f"{v['mean_score']:.2f} (tolerance {v['mean_tolerance']:.2f})"
                 )
         if self.before and self.after:
             lines += [
@@ -268,14 +269,14 @@ def _num(x: float | None) -> str:
 def verify_forget_set(
     rule: OutRule, model: torch.nn.Module, dm: ForgetRetainDataModule
 ) -> dict[str, Any]:
-    """:meth:`OutRule.verify` of ``model`` on ``dm``'s forget set (shift on its held-out set)."""
+    """:meth:`OutRule.verify` of ``model`` on ``dm``'s forget set (map from its held-out set)."""
     phi, loss, ids = score_model(model, dm.forget_dataloader())
     values = phi if rule.metric == "phi" else loss
-    shift = 0.0
+    hmap = IDENTITY_MAP
     if rule.heldout_law is not None:
         h_phi, h_loss, h_ids = score_model(model, dm.heldout_dataloader())
-        shift = rule.shift(h_phi if rule.metric == "phi" else h_loss, h_ids.cpu())
-    return rule.verify(values, ids.cpu(), shift)
+        hmap = rule.heldout_map(h_phi if rule.metric == "phi" else h_loss, h_ids.cpu())
+    return rule.verify(values, ids.cpu(), hmap)
 
 
 def calibrated_unlearn(

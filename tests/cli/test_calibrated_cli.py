@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -48,7 +50,7 @@ def _law(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def _scores(ckpt: Path, refs: Path, ids: torch.Tensor) -> torch.Tensor:
-    """The OUT scores z_i - delta of ``ckpt`` on training examples ``ids``, from the files."""
+    """The OUT scores z_i of ``ckpt`` on training examples ``ids`` (held-out map), from files."""
     dm = DigitsDataModule()
     dm.setup()
     x, y = dm.train_dataset.dataset.tensors[:2]  # type: ignore[union-attr]
@@ -64,8 +66,12 @@ def _scores(ckpt: Path, refs: Path, ids: torch.Tensor) -> torch.Tensor:
         held.append(_phi(ref, xh, yh))
     h_values = torch.stack(held)
     h_mean, h_scale = _law(h_values, torch.ones_like(h_values, dtype=torch.bool))
-    shift = ((_phi(model, xh, yh) - h_mean) / h_scale).median()
-    return (_phi(model, x[ids], y[ids]) - mean[ids]) / scale[ids] - shift
+    # The held-out map: numpy's weighted line (its weights scale residuals), scipy's MAD.
+    h_phi = _phi(model, xh, yh).numpy()
+    slope, intercept = np.polyfit(h_mean.numpy(), h_phi, 1, w=1.0 / h_scale.numpy())
+    resid = (h_phi - intercept - slope * h_mean.numpy()) / h_scale.numpy()
+    c = float(scipy.stats.median_abs_deviation(resid, scale="normal"))
+    return (_phi(model, x[ids], y[ids]) - intercept - slope * mean[ids]) / (c * scale[ids])
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,18 @@ import math
 
 import numpy as np
 import pytest
+import scipy.optimize
 import scipy.stats
 import torch
 
 from lightning_unlearn.evaluation.functional.out_score import (
+    HeldoutMap,
     OutGaussian,
     binomial_mixture_cdf,
+    fit_heldout_map,
     flagged_tolerance,
-    heldout_shift,
     leave_one_out_zscores,
+    mean_score_tolerance,
     member_rates,
     out_gaussian,
     out_zscores,
@@ -128,10 +131,94 @@ def test_flagged_tolerance_is_the_smallest_quantile_and_holds_in_simulation(
     assert abs(float((counts <= c).double().mean()) - exact) < 4 * se
 
 
-def test_heldout_shift_recovers_a_known_offset() -> None:
+def _numpy_map(v: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[float, ...]:
+    """Independent: numpy's weighted polyfit (its weights scale residuals) and scipy's MAD."""
+    slope, intercept = np.polyfit(mean, v, 1, w=1.0 / scale)
+    r = (v - intercept - slope * mean) / scale
+    mad = scipy.stats.median_abs_deviation(r, scale="normal")
+    return float(intercept), float(slope), float(mad)
+
+
+def test_heldout_map_equals_weighted_polyfit_and_recovers_a_known_map() -> None:
     g = torch.Generator().manual_seed(1)
-    ref = torch.randn(8, 500, generator=g, dtype=torch.float64) + torch.linspace(-3, 3, 500)
+    ref = torch.randn(8, 2000, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, 2000)
+    ref = ref + torch.linspace(-3, 3, 2000)
     law = out_gaussian(ref, torch.ones_like(ref, dtype=torch.bool))
-    tested = law.mean + 1.5 * law.std * math.sqrt(1 + 1 / 8)
-    assert heldout_shift(tested, ref).item() == pytest.approx(1.5, rel=1e-9)
-    assert heldout_shift(tested, ref, direction=-1.0).item() == pytest.approx(-1.5, rel=1e-9)
+    scale = law.std * math.sqrt(1 + 1 / 8)
+    noise = torch.randn(2000, generator=g, dtype=torch.float64)
+    tested = 0.7 + 1.2 * law.mean + 1.5 * scale * noise  # a known map, c = 1.5
+    got = fit_heldout_map(tested, law)
+    want = _numpy_map(tested.numpy(), law.mean.numpy(), scale.numpy())
+    assert list(got) == pytest.approx(list(want), rel=1e-9, abs=1e-12)
+    # Recovered within a few standard errors (2000 points: ~0.03 on a and b, ~0.04 on c).
+    assert got.intercept == pytest.approx(0.7, abs=0.15)
+    assert got.slope == pytest.approx(1.2, abs=0.1)
+    assert got.scale == pytest.approx(1.5, abs=0.15)
+    z = out_zscores(tested, law, heldout_map=got)
+    assert z.std().item() == pytest.approx(1.0, abs=0.1)  # held-out scores are standard
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_heldout_map(tested[:2], OutGaussian(law.mean[:2], law.std[:2], law.n[:2]))
+    flat = OutGaussian(torch.zeros(5, dtype=torch.float64), torch.ones(5), torch.full((5,), 8))
+    with pytest.raises(ValueError, match="different OUT means"):
+        fit_heldout_map(torch.arange(5.0), flat)
+    with pytest.raises(ValueError, match="finite"):
+        fit_heldout_map(
+            torch.full((5,), math.nan), OutGaussian(law.mean[:5], law.std[:5], law.n[:5])
+        )
+    assert HeldoutMap(0.5, 1.0, 2.0).as_dict() == {"intercept": 0.5, "slope": 1.0, "scale": 2.0}
+
+
+def test_leave_one_out_with_heldout_maps_matches_a_loop() -> None:
+    values, out_mask = _table()
+    g = torch.Generator().manual_seed(3)
+    held = torch.randn(8, 40, generator=g, dtype=torch.float64) + torch.linspace(-2, 2, 40)
+    held[2] = held[2] * 1.3 + 0.5  # one model more confident on unseen data
+    z = leave_one_out_zscores(values, out_mask, heldout=held)
+    pooled = _pooled(values, out_mask)
+    for j in range(8):
+        keep = [m for m in range(8) if m != j]
+        h_pooled = _pooled(held[keep], torch.ones(7, 40, dtype=torch.bool))
+        h_scale = np.array(
+            [_shrunk(held[keep, h].tolist(), h_pooled, 2.0)[1] for h in range(40)]
+        ) * math.sqrt(1 + 1 / 7)
+        a, b, c = _numpy_map(held[j].numpy(), held[keep].mean(0).numpy(), h_scale)
+        for i in range(values.shape[1]):
+            others = [values[m, i].item() for m in range(8) if m != j and out_mask[m, i]]
+            if not out_mask[j, i] or not others:
+                assert math.isnan(z[j, i].item())
+                continue
+            mean, std = _shrunk(others, pooled, 2.0)
+            want = (values[j, i].item() - a - b * mean) / (c * std * math.sqrt(1 + 1 / len(others)))
+            assert z[j, i].item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+    with pytest.raises(ValueError, match="held-out values of 8 models"):
+        leave_one_out_zscores(values, out_mask, heldout=held[:3])
+
+
+def test_mean_score_tolerance_matches_exact_and_normal_laws() -> None:
+    # Null scores 0 / 1 with equal weight: the mean of 5 draws is Binomial(5, 1/2) / 5, whose
+    # 0.95 quantile is 4/5 (CDF 0.8125 at 3/5, 0.96875 at 4/5: far from 0.95 either side).
+    null = torch.tensor([[0.0, 1.0] * 50, [1.0, 0.0] * 50], dtype=torch.float64)
+    assert scipy.stats.binom.ppf(0.95, 5, 0.5) / 5 == pytest.approx(0.8)
+    assert mean_score_tolerance(null, 5, 0.05) == pytest.approx(0.8)
+    # Large sets: the normal law of the mean, N(1/2, 1/(4E)), mixed over two equal models; the
+    # Monte Carlo quantile of 40,000 draws is within ~0.02 sd of the exact one.
+    sd = 0.5 / math.sqrt(400)
+    want = 0.5 + scipy.stats.norm.ppf(0.95) * sd
+    got = mean_score_tolerance(null, 400, 0.05, draws=20_000)
+    assert got == pytest.approx(want, abs=0.1 * sd)
+    # A second model shifted by +1: the mixture's quantile, solved with scipy.
+    shifted = torch.stack([null[0], null[1] + 1.0])
+
+    def mixture_cdf(t: float) -> float:
+        return float(
+            0.5 * scipy.stats.norm.cdf(t, 0.5, sd) + 0.5 * scipy.stats.norm.cdf(t, 1.5, sd)
+        )
+
+    mix = scipy.optimize.brentq(lambda t: mixture_cdf(t) - 0.95, 0.0, 3.0)
+    got = mean_score_tolerance(shifted, 400, 0.05, draws=20_000)
+    assert got == pytest.approx(mix, abs=0.1 * sd)
+    assert mean_score_tolerance(null, 5) == mean_score_tolerance(null, 5)  # seeded
+    with pytest.raises(ValueError, match="model 1 has none"):
+        mean_score_tolerance(torch.tensor([[0.0], [math.nan]]), 3)
+    with pytest.raises(ValueError, match="size"):
+        mean_score_tolerance(null, 0)

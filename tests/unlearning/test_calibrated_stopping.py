@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from lightning_unlearn.data import IndexedDataset
@@ -96,17 +98,26 @@ def test_scores_every_step_match_an_independent_recording(setup: dict[str, Any])
     ref_values, _ = setup["held"]
     law = rule.law
     for t in range(13):
-        # Independent: the formulas written out, the held-out median shift included.
+        # Independent: the formulas written out, the held-out map fitted by numpy / scipy.
         h_mean, h_std = ref_values.mean(0), rule.heldout_law.std  # type: ignore[union-attr]
         order = held.sample_ids.argsort()
-        hz = (held.phi[t][order] - h_mean) / (h_std * math.sqrt(1 + 1 / 6))
-        shift = float(hz.median())
+        h_scale = (h_std * math.sqrt(1 + 1 / 6)).numpy()
+        h_phi = held.phi[t][order].double().numpy()
+        slope, intercept = np.polyfit(h_mean.numpy(), h_phi, 1, w=1.0 / h_scale)
+        resid = (h_phi - intercept - slope * h_mean.numpy()) / h_scale
+        c = float(scipy.stats.median_abs_deviation(resid, scale="normal"))
         ids = traj.sample_ids
-        z = (traj.phi[t] - law.mean[ids]) / (law.std[ids] * (1 + 1 / law.n[ids].double()).sqrt())
-        assert observer.scores[t].tolist() == pytest.approx(
-            (z - shift).tolist(), rel=1e-6, abs=1e-6
+        scale = c * law.std[ids] * (1 + 1 / law.n[ids].double()).sqrt()
+        z = (traj.phi[t] - intercept - slope * law.mean[ids]) / scale
+        assert observer.scores[t].tolist() == pytest.approx(z.tolist(), rel=1e-6, abs=1e-6)
+        record = observer.trajectory[t]
+        assert record["map"]["slope"] == pytest.approx(float(slope), rel=1e-6)
+        assert record["flagged"] == int((z > rule.threshold).sum())
+        assert record["mean_tolerance"] == rule.mean_tolerance(ids.numel())
+        assert record["satisfied"] == (
+            record["flagged"] <= rule.tolerance(ids.numel())
+            and float(z.mean()) <= record["mean_tolerance"]
         )
-        assert observer.trajectory[t]["flagged"] == int(((z - shift) > rule.threshold).sum())
 
 
 def test_stops_at_the_first_complete_hold_window(setup: dict[str, Any]) -> None:
@@ -169,8 +180,9 @@ def test_rule_file_round_trip_and_integrity(setup: dict[str, Any], tmp_path: Pat
 
 @pytest.mark.ddp
 def test_ddp_spawn_ranks_stop_together(setup: dict[str, Any], tmp_path: Path) -> None:
-    rule = dataclasses.replace(OutRule.from_reference(setup["stats"]), threshold=50.0)
-    stopper = CalibratedStopping(rule, hold=2, min_steps=4)  # satisfied at every step
+    # No example past the threshold, no mean criterion: satisfied at every step.
+    rule = dataclasses.replace(OutRule.from_reference(setup["stats"]), threshold=50.0, null=None)
+    stopper = CalibratedStopping(rule, hold=2, min_steps=4)
     unlearner = ReportingUnlearner(copy.deepcopy(setup["model"]), lr=0.1, seed=3)
     unlearner.report_dir = str(tmp_path)
     settings = {**QUIET, "accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}

@@ -114,7 +114,8 @@ def test_a_calibrated_run_reports_and_logs(setup: dict[str, Any], tmp_path: Path
 
 
 def test_a_set_already_out_costs_nothing(setup: dict[str, Any]) -> None:
-    rule = OutRule.from_reference(setup["stats"], threshold=50.0)  # nothing looks IN
+    # Nothing past the threshold and no mean criterion: the set looks OUT before any step.
+    rule = dataclasses.replace(OutRule.from_reference(setup["stats"], threshold=50.0), null=None)
     student, report = calibrated_unlearn(
         setup["model"], setup["dm"], rule, steps=10, retrain_steps=60, trainer_kwargs=TRAINER
     )

@@ -11,16 +11,21 @@ The functions here are the tensor math of that rule; pure torch, no Lightning:
 * :func:`out_zscores`: the one-sided predictive z-score of a tested model's value;
 * :func:`leave_one_out_zscores`: the same score for every reference model on the examples it
   did *not* train on, against the other OUT models: draws from the score's null law;
-* :func:`heldout_shift`: how much more confident a tested model is than the reference models on
-  data nobody trained on (a model trained on all of ``D`` is, on unseen data, more confident
-  than models trained on halves); subtracted from the scores;
+* :func:`fit_heldout_map`: how a tested model's values on data nobody trained on relate to the
+  reference models' (a model trained on all of ``D`` is, on unseen data, more confident than
+  models trained on halves, and more so on easy examples than on hard ones): an affine map in
+  value space and the spread around it, fitted on a held-out set, through which the scores
+  are read;
 * :func:`flagged_tolerance`: from the reference models' null rates, the number of flagged
-  examples a never-trained-on set of ``E`` examples shows with probability ``1 - level``.
+  examples a never-trained-on set of ``E`` examples shows with probability ``1 - level``;
+* :func:`mean_score_tolerance`: the ``1 - level`` quantile of the mean score of ``E``
+  never-trained-on examples, from the same null draws.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import NamedTuple
 
 import torch
@@ -29,15 +34,21 @@ from torch import Tensor
 from lightning_unlearn.evaluation.functional.confidence import masked_moments
 
 __all__ = [
+    "IDENTITY_MAP",
+    "HeldoutMap",
     "OutGaussian",
     "binomial_mixture_cdf",
+    "fit_heldout_map",
     "flagged_tolerance",
-    "heldout_shift",
     "leave_one_out_zscores",
+    "mean_score_tolerance",
     "member_rates",
     "out_gaussian",
     "out_zscores",
 ]
+
+
+_MAD_TO_SD = NormalDist().inv_cdf(0.75)  # a normal law's MAD / sd
 
 
 class OutGaussian(NamedTuple):
@@ -46,6 +57,24 @@ class OutGaussian(NamedTuple):
     mean: Tensor
     std: Tensor
     n: Tensor
+
+
+class HeldoutMap(NamedTuple):
+    """A tested model's values on unseen data as ``intercept + slope * mean`` of the reference
+    models' OUT law, with ``scale`` times the law's predictive spread around it
+    (:func:`fit_heldout_map`)."""
+
+    intercept: float
+    slope: float
+    scale: float
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"intercept", "slope", "scale"}`` (for reports and logs)."""
+        return {"intercept": self.intercept, "slope": self.slope, "scale": self.scale}
+
+
+IDENTITY_MAP = HeldoutMap(0.0, 1.0, 1.0)
+"""The map of a tested model exactly like the reference models (no held-out set)."""
 
 
 def out_gaussian(
@@ -111,24 +140,32 @@ def out_gaussian(
 
 
 def out_zscores(
-    values: Tensor, law: OutGaussian, *, direction: float = 1.0, min_std: float = 1e-6
+    values: Tensor,
+    law: OutGaussian,
+    *,
+    direction: float = 1.0,
+    min_std: float = 1e-6,
+    heldout_map: HeldoutMap = IDENTITY_MAP,
 ) -> Tensor:
     r"""One-sided predictive z-score of a tested model's values against each OUT law.
 
     .. math::
 
-        z_i = d \, \frac{v_i - \mu_i}{\tilde s_i \sqrt{1 + 1/n_i}},
+        z_i = d \, \frac{v_i - (a + b\,\mu_i)}{c\,\tilde s_i \sqrt{1 + 1/n_i}},
 
     with :math:`d = +1` for ``phi`` (a member is *more* confident) and :math:`d = -1` for the
     loss (a member has a *lower* loss): large :math:`z_i` means "looks trained on". The factor
     :math:`\sqrt{1 + 1/n_i}` makes it the score of a *new* draw from the law whose mean was
     estimated from :math:`n_i` draws (a prediction, not a confidence, interval).
+    :math:`(a, b, c)` is the tested model's :class:`HeldoutMap` (:func:`fit_heldout_map`;
+    default :data:`IDENTITY_MAP`, a model like the reference models).
 
     Args:
         values: ``[E]`` the tested model's values on the examples of ``law``.
         law: their :class:`OutGaussian` (``[E]`` entries).
         direction: ``+1`` (``phi``) or ``-1`` (loss).
         min_std: floor of :math:`\tilde s_i` (> 0).
+        heldout_map: :math:`(a, b, c)`.
 
     Returns:
         ``[E]`` float64 scores.
@@ -138,13 +175,85 @@ def out_zscores(
         >>> law = OutGaussian(torch.zeros(2), torch.ones(2), torch.tensor([3, 3]))
         >>> [round(z, 4) for z in out_zscores(torch.tensor([1.0, -2.0]), law).tolist()]
         [0.866, -1.7321]
+        >>> m = HeldoutMap(intercept=1.0, slope=1.0, scale=2.0)
+        >>> [round(z, 4) for z in out_zscores(torch.tensor([1.0, -2.0]), law,
+        ...                                   heldout_map=m).tolist()]
+        [0.0, -1.299]
     """
     if direction not in (1.0, -1.0):
         raise ValueError(f"Expected `direction` +1 or -1, but got {direction!r}.")
     v = values.double().to(law.mean.device)
     n = law.n.double().clamp_min(1.0)
-    scale = law.std.clamp_min(min_std) * torch.sqrt(1.0 + 1.0 / n)
-    return direction * (v - law.mean) / scale
+    a, b, c = heldout_map
+    scale = c * law.std.clamp_min(min_std) * torch.sqrt(1.0 + 1.0 / n)
+    return direction * (v - (a + b * law.mean)) / scale
+
+
+def fit_heldout_map(tested: Tensor, law: OutGaussian, *, min_scale: float = 1e-3) -> HeldoutMap:
+    r"""How a tested model's values on unseen data depend on the reference models' OUT law.
+
+    On a held-out set no model trained on, ``tested[h]`` is the tested model's value and
+    ``law`` the reference models' law (every one of them is OUT). The weighted least-squares
+    line
+
+    .. math::
+
+        v_h \approx a + b\,\mu_h, \qquad w_h = 1 / (\tilde s_h^2 (1 + 1/n_h)),
+
+    is the tested model's "never trained on" level as a function of the reference models'
+    (a model trained on all of :math:`D` is more confident than models trained on halves, more
+    so on easy examples), and :math:`c = \mathrm{MAD}(r) / \Phi^{-1}(3/4)` of the standardised
+    residuals :math:`r_h = (v_h - a - b\mu_h) / (\tilde s_h \sqrt{1 + 1/n_h})` its spread in
+    units of the law's (robust to a few outliers). A model that has truly forgotten an example treats it like
+    unseen data, so :func:`out_zscores` reads its forget-set values through this map.
+
+    Args:
+        tested: ``[H]`` the tested model's values on the held-out set.
+        law: ``[H]`` the reference models' law on the same examples.
+        min_scale: floor of :math:`c` (> 0).
+
+    Returns:
+        :class:`HeldoutMap` ``(a, b, c)``.
+
+    Raises:
+        ValueError: fewer than 3 held-out examples, shapes that differ, non-finite values,
+            or OUT means with no spread (a line cannot be fitted).
+
+    Example:
+        >>> import torch
+        >>> law = OutGaussian(torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.ones(4),
+        ...                   torch.full((4,), 1_000_000))
+        >>> m = fit_heldout_map(torch.tensor([1.0, 3.0, 5.0, 7.0]), law)
+        >>> [round(x, 4) for x in m]
+        [1.0, 2.0, 0.001]
+    """
+    v = tested.double().flatten().to(law.mean.device)
+    mu = law.mean.double().flatten()
+    if v.shape != mu.shape or v.numel() < 3:
+        raise ValueError(
+            f"Expected the tested model's values on the same held-out examples as the law, at "
+            f"least 3, but got {tuple(v.shape)} values for {tuple(mu.shape)} examples."
+        )
+    if not bool(torch.isfinite(v).all() and torch.isfinite(mu).all()):
+        raise ValueError(
+            "Expected finite held-out values, but got NaN or inf; check the held-out loader "
+            "(every reference model must be scored on every held-out example)."
+        )
+    s = law.std.double().clamp_min(1e-6) * torch.sqrt(1.0 + 1.0 / law.n.double().clamp_min(1.0))
+    w = s.pow(-2)
+    wm = (w * mu).sum() / w.sum()
+    sxx = (w * (mu - wm).square()).sum()
+    if not float(sxx) > 0.0:
+        raise ValueError(
+            "Expected held-out examples with different OUT means to fit the map on, but all "
+            "are equal; use a larger or more varied held-out set."
+        )
+    slope = (w * (mu - wm) * (v - (w * v).sum() / w.sum())).sum() / sxx
+    intercept = (w * v).sum() / w.sum() - slope * wm
+    r = (v - intercept - slope * mu) / s
+    # the interpolated median (torch.median takes the lower middle of an even count)
+    scale = (r - r.quantile(0.5)).abs().quantile(0.5) / _MAD_TO_SD
+    return HeldoutMap(float(intercept), float(slope), max(float(scale), min_scale))
 
 
 def leave_one_out_zscores(
@@ -154,6 +263,7 @@ def leave_one_out_zscores(
     direction: float = 1.0,
     prior_weight: float = 2.0,
     pooled_var: float | None = None,
+    heldout: Tensor | None = None,
 ) -> Tensor:
     r"""The score of every reference model on the examples it never trained on (null draws).
 
@@ -161,7 +271,9 @@ def leave_one_out_zscores(
     :math:`v_{j,i}` is scored (:func:`out_zscores`) against the OUT law of :math:`i` fitted
     *without* model :math:`j` (:func:`out_gaussian` on the other :math:`n_i - 1` OUT models,
     with the full table's pooled variance). Model :math:`j` never trained on :math:`i`, so these
-    are draws of the score under "never trained on", with the tested model's own recipe.
+    are draws of the score under "never trained on", with the tested model's own recipe. With
+    ``heldout``, model :math:`j` is read through its own :class:`HeldoutMap` against the other
+    models' held-out law (:func:`fit_heldout_map`), exactly as a tested model is.
 
     Args:
         values: ``[K, N]`` reference models' values.
@@ -169,6 +281,7 @@ def leave_one_out_zscores(
         direction: as in :func:`out_zscores`.
         prior_weight: as in :func:`out_gaussian`.
         pooled_var: as in :func:`out_gaussian` (default: from the full table).
+        heldout: ``[K, H]`` the same models' values on a held-out set none trained on.
 
     Returns:
         ``[K, N]`` float64, NaN where model ``j`` is IN for ``i`` or ``i`` has fewer than two
@@ -184,53 +297,25 @@ def leave_one_out_zscores(
     if pooled_var is None:
         pooled_var = float(masked_moments(values, out_mask).std.square().nanmean())
     k = values.shape[0]
+    if heldout is not None and heldout.shape[0] != k:
+        raise ValueError(f"Expected held-out values of {k} models, but got {heldout.shape[0]}.")
     out = torch.full(values.shape, float("nan"), dtype=torch.float64, device=values.device)
     for j in range(k):
         others = out_mask.clone()
         others[j] = False
         law = out_gaussian(values, others, prior_weight=prior_weight, pooled_var=pooled_var)
-        z = out_zscores(values[j], law, direction=direction)
+        hmap = IDENTITY_MAP
+        if heldout is not None:
+            keep = torch.arange(k, device=heldout.device) != j
+            rest = heldout[keep]
+            hlaw = out_gaussian(
+                rest, torch.ones_like(rest, dtype=torch.bool), prior_weight=prior_weight
+            )
+            hmap = fit_heldout_map(heldout[j], hlaw)
+        z = out_zscores(values[j], law, direction=direction, heldout_map=hmap)
         usable = out_mask[j] & (law.n >= 1)
         out[j] = torch.where(usable, z, float("nan"))
     return out
-
-
-def heldout_shift(
-    tested: Tensor, reference: Tensor, *, direction: float = 1.0, prior_weight: float = 2.0
-) -> Tensor:
-    r"""Median predictive z-score of a tested model on data no model trained on.
-
-    ``reference[k, h]`` is reference model :math:`k`'s value on held-out example :math:`h`
-    (every reference model is OUT for it), ``tested[h]`` the tested model's. With the law of
-    :func:`out_gaussian` over all :math:`K` models,
-
-    .. math::
-
-        \delta = \operatorname{median}_h z_h(\text{tested}).
-
-    :math:`\delta > 0`: the tested model is more confident on *unseen* data than the reference
-    models (it was trained on all of :math:`D`, they on halves). A model that has really
-    forgotten an example treats it like unseen data, so its scores on the forget set are read
-    relative to :math:`\delta`.
-
-    Args:
-        tested: ``[H]`` the tested model's values on the held-out set.
-        reference: ``[K, H]`` the reference models' values on the same examples.
-        direction: as in :func:`out_zscores`.
-        prior_weight: as in :func:`out_gaussian`.
-
-    Returns:
-        A float64 scalar tensor.
-
-    Example:
-        >>> import torch
-        >>> ref = torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
-        >>> round(heldout_shift(torch.full((3,), 1.0), ref).item(), 6)
-        0.0
-    """
-    mask = torch.ones_like(reference, dtype=torch.bool)
-    law = out_gaussian(reference, mask, prior_weight=prior_weight)
-    return out_zscores(tested, law, direction=direction).median()
 
 
 def member_rates(null_scores: Tensor, threshold: float) -> Tensor:
@@ -324,3 +409,69 @@ def flagged_tolerance(rates: Tensor, size: int, level: float = 0.05) -> int:
     cdf = binomial_mixture_cdf(rates, size)
     # A tiny slack absorbs rounding of a CDF that is exactly 1 - level.
     return int((cdf >= 1.0 - level - 1e-12).nonzero()[0, 0])
+
+
+def mean_score_tolerance(
+    null_scores: Tensor,
+    size: int,
+    level: float = 0.05,
+    *,
+    draws: int = 4096,
+    seed: int = 0,
+    exact_up_to: int = 64,
+) -> float:
+    r"""The ``1 - level`` quantile of the mean score of ``size`` never-trained-on examples.
+
+    A forget set's *mean* score is the most sensitive sign that the tested model still treats
+    it as trained on (every example a little member-like, none past the threshold). Its null
+    law is read from the reference models' own null draws (:func:`leave_one_out_zscores`): for
+    each model :math:`j`, ``draws`` means of ``size`` of its null scores drawn with replacement
+    (for ``size > exact_up_to``, the normal law of such a mean, :math:`N(m_j, s_j^2/E)`), pooled
+    over the models (which keeps the correlation within a model, as
+    :func:`flagged_tolerance` does), and the tolerance is their :math:`1 - \beta` quantile.
+    Seeded: the same inputs give the same tolerance.
+
+    Args:
+        null_scores: ``[K, N]`` null draws (NaN: none).
+        size: :math:`E \ge 1`.
+        level: :math:`\beta \in (0, 1)`.
+        draws: Monte Carlo means per model.
+        seed: seed of the draws.
+        exact_up_to: largest ``size`` drawn example by example.
+
+    Returns:
+        The tolerance :math:`t_E`: the set passes when its mean score is at most it.
+
+    Raises:
+        ValueError: ``size < 1``, ``level`` outside (0, 1), or a model without null draws.
+
+    Example:
+        >>> import torch
+        >>> null = torch.tensor([[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]])
+        >>> mean_score_tolerance(null, 1, 0.05)
+        1.0
+        >>> round(mean_score_tolerance(null, 20, 0.05), 2)  # 1.645 * sqrt(2/3) / sqrt(20) = 0.30
+        0.3
+    """
+    if size < 1:
+        raise ValueError(f"Expected a set size >= 1, but got {size!r}.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"Expected `level` in (0, 1), but got {level!r}.")
+    g = torch.Generator().manual_seed(seed)
+    means = []
+    for j in range(null_scores.shape[0]):
+        v = null_scores[j].double().cpu()
+        v = v[~v.isnan()]
+        if v.numel() == 0:
+            raise ValueError(
+                f"Expected null draws of every reference model, but model {j} has none."
+            )
+        if size <= exact_up_to:
+            idx = torch.randint(0, v.numel(), (draws, size), generator=g)
+            means.append(v[idx].mean(dim=1))
+        else:
+            sd = float(v.std(unbiased=False)) / math.sqrt(size)
+            means.append(
+                float(v.mean()) + sd * torch.randn(draws, generator=g, dtype=torch.float64)
+            )
+    return float(torch.cat(means).quantile(1.0 - level))
