@@ -5,7 +5,7 @@ For every seed:
 1. a fraction of the training labels is replaced by wrong ones (the "mislabelled" examples);
    an MLP trains with :class:`PerInstancePrivacyMonitor` (the ledger's ``P(x, 8)``);
 2. K reference models on balanced halves; the per-example OUT rule
-   (:meth:`OutRule.from_reference`, held-out shift on the test set); the budget calibration
+   (:meth:`OutRule.from_reference`, held-out map on the test set); the budget calibration
    (:func:`calibrate_budget`: one fine-tuning run per reference model);
 3. five forget sets: low, middle and high ``P`` (deciles of the ledger), mislabelled, random;
    for each: ``M`` oracles retrained without it; :func:`calibrated_unlearn` (which may send it
@@ -41,6 +41,7 @@ from typing import Any
 import lightning.pytorch as pl
 import scipy.stats
 import torch
+from _calibrated_plots import plots
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
@@ -504,6 +505,7 @@ def run(
     results["seconds"] = round(time.perf_counter() - start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "summary.md").write_text(markdown(results))
+    plots(results, out / "plots")
     return results
 
 
@@ -524,6 +526,7 @@ def merge(dirs: list[str], output_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "summary.md").write_text(markdown(results))
+    plots(results, out / "plots")
     return results
 
 

@@ -137,7 +137,7 @@ def calibrate_budget(
             beyond which retraining is cheaper).
         hold: the stop rule's hold window.
         probe_size: probe examples per reference model.
-        heldout: the held-out data set of the rule's shift (required when the rule has one).
+        heldout: the held-out data set of the rule's map (required when the rule has one).
         batch_size: the unlearning batch size.
         method: the unlearning method the budget is for.
         miscoverage: ``1 -`` the prediction interval's coverage.

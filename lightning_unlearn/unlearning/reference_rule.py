@@ -3,7 +3,7 @@
 ``lightning-unlearn reference`` (:func:`~lightning_unlearn.unlearning.train_reference_models`)
 writes ``manifest.json``, ``model_XXX.pt`` and ``reference_stats.pt``. :func:`rule_from_directory`
 checks them against the data of the request (size and fingerprint) and fits the per-example
-:class:`~lightning_unlearn.unlearning.calibrated_stopping.OutRule` with the held-out shift of
+:class:`~lightning_unlearn.unlearning.calibrated_stopping.OutRule` with the held-out map of
 THEORY §6; :func:`check_calibration` checks a saved budget calibration against the same data.
 """
 
@@ -65,7 +65,7 @@ def rule_from_directory(
     The models are loaded into ``make_module()`` instances; their manifest must record the
     data module's training set (its size and :func:`~lightning_unlearn.data.dataset_fingerprint`),
     and ``reference_stats.pt`` their ``[K, N]`` tables. With a held-out set in ``datamodule``,
-    every reference model is scored on it for the rule's held-out shift
+    every reference model is scored on it for the rule's held-out map
     (:func:`~lightning_unlearn.unlearning.calibrated_stopping.reference_heldout_values`).
 
     Args:

@@ -204,8 +204,9 @@ def fit_heldout_map(tested: Tensor, law: OutGaussian, *, min_scale: float = 1e-3
     (a model trained on all of :math:`D` is more confident than models trained on halves, more
     so on easy examples), and :math:`c = \mathrm{MAD}(r) / \Phi^{-1}(3/4)` of the standardised
     residuals :math:`r_h = (v_h - a - b\mu_h) / (\tilde s_h \sqrt{1 + 1/n_h})` its spread in
-    units of the law's (robust to a few outliers). A model that has truly forgotten an example treats it like
-    unseen data, so :func:`out_zscores` reads its forget-set values through this map.
+    units of the law's (robust to a few outliers). A model that has truly forgotten an example
+    treats it like unseen data, so :func:`out_zscores` reads its forget-set values through this
+    map.
 
     Args:
         tested: ``[H]`` the tested model's values on the held-out set.
