@@ -1,6 +1,6 @@
 """The ``lightning-unlearn`` command: ``fit``, ``unlearn``, ``evaluate`` (LightningCLI
-subcommands), ``audit``, ``reference``, ``demo``, ``reproduce`` (typed functions through
-jsonargparse).
+subcommands), ``audit``, ``reference``, ``calibrate``, ``demo``, ``reproduce`` (typed functions
+through jsonargparse).
 
 Run ``lightning-unlearn <command> --help`` for a command's options; every command reads
 ``--config file.yaml`` and prints one with ``--print_config`` (see ``examples/configs/``).
@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "measure forgetting: losses, accuracy, MIA AUROC, vs. an oracle, loss barrier",
     "audit": "re-verify the audit record of an `unlearn` result against its files",
     "reference": "train K reference models on random halves (per-example OUT targets; resumable)",
+    "calibrate": "fit the step budget k = a log P + b from the reference models, with an interval",
     "demo": "the whole story on scikit-learn's digits in about a minute (report + plots)",
     "reproduce": "the paper's experiment on Fashion-MNIST (steps-to-unlearn, barriers, scores)",
 }

@@ -122,6 +122,9 @@ class OutRule:
     heldout_law: OutGaussian | None = None
     min_out_models: int = 2
     null: Tensor | None = None
+    _mean_tolerances: dict[int, float] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def direction(self) -> float:
@@ -281,7 +284,9 @@ class OutRule:
         """The mean-score tolerance of a set of ``size`` examples (``inf`` without null draws)."""
         if self.null is None:
             return math.inf
-        return mean_score_tolerance(self.null, size, self.level)
+        if size not in self._mean_tolerances:  # seeded, so computed once per size
+            self._mean_tolerances[size] = mean_score_tolerance(self.null, size, self.level)
+        return self._mean_tolerances[size]
 
     def heldout_map(self, heldout_values: Tensor, heldout_ids: Tensor) -> HeldoutMap:
         """The tested model's :class:`HeldoutMap` from its held-out values (identity without a

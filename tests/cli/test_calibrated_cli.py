@@ -15,6 +15,7 @@ import scipy.stats
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lightning_unlearn.accounting import PrivacyLedger
 from lightning_unlearn.checkpoints import load_weights
 from lightning_unlearn.cli import main
 from lightning_unlearn.data.fingerprint import dataset_fingerprint
@@ -184,3 +185,43 @@ def test_clear_errors(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) 
         assert expected in err, err
         assert len(err.splitlines()) == 1, err
     assert not (root / "e" / "unlearned.ckpt").exists()
+
+
+def test_calibrate_command_writes_the_calibration_unlearn_budgets_from(
+    runs: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = runs["root"]
+    out = root / "cal_fitted.json"
+    argv = ["calibrate", "--reference", str(root / "refs"), "--ledger",
+            str(root / "fit" / "privacy_ledger.pt"), "--output", str(out),
+            "--model", "lightning_unlearn.models.MLPClassifier", *MLP,
+            "--probe_size", "8", "--num_models", "2", "--hold", "2", "--lr", "0.1"]  # fmt: skip
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    printed = json.loads(stdout[stdout.rindex('{\n  "calibration"') :])
+    cal = BudgetCalibration.load(out)
+    assert cal.metadata["reference_k"] == 4
+    assert cal.metadata["calibration_runs"] == 2
+    assert cal.metadata["probe_size"] == 8
+    assert cal.metadata["unlearning_kwargs"] == {"lr": 0.1}
+    assert cal.cap == 240  # the training run's length, from the ledger (12 epochs x 20 steps)
+    assert cal.hold == 2
+    assert 1 <= cal.num_points <= 16
+    assert cal.residual_low <= 0.0 <= cal.residual_high
+    assert printed["calibration"] == str(out)
+    assert (printed["a"], printed["b"], printed["num_points"]) == (cal.a, cal.b, cal.num_points)
+    # `unlearn` budgets from it: the report's prediction is the calibration's own, on the
+    # forget set's P and the examples the trained model's OUT test flags.
+    run = _unlearn(runs, "c", "--reference", str(root / "refs"), "--calibration", str(out))
+    assert main([*run, "--hold", "2"]) == 0
+    report = json.loads((root / "c" / "request.json").read_text())
+    assert report["budget"]["source"] == "calibration"
+    forget = runs["forget"]
+    flagged = torch.isin(forget, torch.tensor(report["verification_before"]["flagged_ids"]))
+    p = PrivacyLedger.load(root / "fit" / "privacy_ledger.pt").privacy_loss(8)[forget]
+    assert report["budget"]["predicted"] == cal.predict(p.double(), flagged).steps
+    # Bad options are named, in one line, and nothing is written.
+    bad = root / "cal_bad.json"
+    assert main([*argv[:6], str(bad), *argv[7:], "--probe_size", "0"]) == 2
+    assert "probe_size" in capsys.readouterr().err
+    assert not bad.exists()
