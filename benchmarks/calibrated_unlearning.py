@@ -67,12 +67,13 @@ class Scale:
     hidden: int
     probe: int  # calibration probe examples per reference model
     mislabelled: float  # fraction of training labels replaced
+    folds: int = 2  # reference models train on 1 - 1/folds of the data
 
 
 SCALES = {
     "smoke": Scale(160, 3, 4, 4, 3, 1, 16, 6, 0.05),
     "small": Scale(None, 20, 8, 10, 5, 3, 64, 48, 0.03),
-    "memorise": Scale(None, 30, 8, 10, 5, 3, 128, 48, 0.05),  # wider, longer: more memorised
+    "memorise": Scale(None, 30, 16, 10, 5, 3, 128, 48, 0.05, folds=4),  # more memorised
     "default": Scale(None, 30, 16, 20, 5, 3, 128, 64, 0.03),
 }
 ORDER, BATCH, LR, UNLEARN_LR, HOLD = 8, 64, 0.1, 0.1, 5
@@ -314,6 +315,7 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
         batch_size=BATCH,
         trainer_kwargs={"max_epochs": sc.epochs, **TRAINER},
         progress=False,
+        folds=sc.folds,
     )
     stats = refs.statistics(DataLoader(train, batch_size=512))
     probe_dm = ForgetRetainDataModule(train, [0], heldout=test, batch_size=BATCH)
@@ -321,7 +323,7 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
         stats, heldout=reference_heldout_values(refs, probe_dm.heldout_dataloader())
     )
     _say(f"seed {seed}: calibrating the budget ({sc.k} runs)")
-    per_epoch_ref = math.ceil(len(train) / 2 / BATCH)
+    per_epoch_ref = math.ceil(len(train) * (1 - 1 / sc.folds) / BATCH)
     cal = calibrate_budget(
         refs,
         train,
@@ -333,7 +335,7 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
         probe_size=sc.probe,
         heldout=test,
         batch_size=BATCH,
-        num_models=max(2, sc.k // 2),  # half the reference models, a larger probe each
+        num_models=max(2, min(4, sc.k // 2)),  # a few reference models, a larger probe each
         seed=seed,
         trainer_kwargs=TRAINER,
         lr=UNLEARN_LR,

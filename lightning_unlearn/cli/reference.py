@@ -1,4 +1,4 @@
-"""``lightning-unlearn reference``: train K reference models on random halves (resumable).
+"""``lightning-unlearn reference``: train K reference models on random parts (resumable).
 
 A thin command over :func:`~lightning_unlearn.unlearning.train_reference_models`: ``model`` is
 a ``class_path`` of any LightningModule (a fresh one per reference model), ``data`` a data
@@ -30,13 +30,15 @@ def reference(
     model: Callable[[], LightningModule],
     data: LightningDataModule = lazy_instance(DigitsDataModule),  # noqa: B008
     k: int = 8,
+    folds: int = 2,
     max_epochs: int = 15,
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Train K reference models (LiRA halves: every example OUT of exactly K/2); write
+    """Train K reference models (every example OUT of exactly K / folds; LiRA's halves by
+    default); write
     model_XXX.pt with membership masks, manifest.json and reference_stats.pt (per-example loss
     and logit-scaled confidence). Rerunning resumes.
 
@@ -44,7 +46,10 @@ def reference(
         output_dir: directory of the models.
         model: the model class (``class_path`` / ``init_args``), built afresh for each model.
         data: the training data.
-        k: number of models (even).
+        k: number of models (a multiple of ``folds``).
+        folds: each model trains on ``1 - 1/folds`` of the data and every example is OUT of
+            ``k / folds`` models (2: LiRA's halves; 4: three quarters, closer to the model
+            being unlearned).
         max_epochs: training epochs of each model.
         batch_size: training batch size.
         seed: seed of the halves, initialisations and shuffles.
@@ -56,7 +61,7 @@ def reference(
     data.prepare_data()
     data.setup("fit")
     refs = train_reference_models(
-        model, data, out_dir=output_dir, k=k, seed=seed, batch_size=batch_size,
+        model, data, out_dir=output_dir, k=k, seed=seed, batch_size=batch_size, folds=folds,
         trainer_kwargs={"max_epochs": max_epochs, "accelerator": "auto", "devices": 1},
         progress=progress,
     )  # fmt: skip

@@ -1,13 +1,15 @@
-"""Reference models: K models trained with the user's recipe on seeded random halves of the data.
+"""Reference models: K models trained with the user's recipe on seeded random parts of the data.
 
 The established tool for per-example targets (LiRA, Carlini et al. 2022; U-LiRA, Hayes et al.
-2024; KLoM, Georgiev et al. 2024): every training example is left OUT of exactly half of the K
-models, so its OUT distribution (the models that never saw it) is the per-example oracle for
-*any* forget set containing it, without retraining per deletion request (THEORY §6).
+2024; KLoM, Georgiev et al. 2024): every training example is left OUT of exactly ``K / folds``
+of the K models (half of them in LiRA's design, ``folds = 2``), so its OUT distribution (the
+models that never saw it) is the per-example oracle for *any* forget set containing it, without
+retraining per deletion request (THEORY §6).
 
 Files under ``out_dir`` (plain formats, read with ``torch.load(..., weights_only=True)``):
 
-* ``manifest.json``: ``k``, ``seed``, ``num_samples``, the data fingerprint, the module class;
+* ``manifest.json``: ``k``, ``seed``, ``folds``, ``num_samples``, the data fingerprint, the
+  module class and the recipe;
 * ``model_000.pt`` ... : ``{"state_dict", "in_mask", "index", "seed", "version"}``, each
   written atomically (temporary file + ``os.replace``) by global rank 0 at the end of its fit,
   so a file that exists is complete; a rerun skips those and trains the rest.
@@ -52,22 +54,29 @@ class ReferenceModelsError(LightningUnlearnError, ValueError):
     missing or unreadable; the message says which and how to recover."""
 
 
-def balanced_membership(num_samples: int, k: int, seed: int = 0) -> torch.Tensor:
-    """``[k, N]`` IN masks of ``k/2`` complementary pairs of random halves (the LiRA design).
+def balanced_membership(num_samples: int, k: int, seed: int = 0, folds: int = 2) -> torch.Tensor:
+    """``[k, N]`` IN masks in which every example is OUT of exactly ``k / folds`` models.
 
-    Model ``2j`` trains on a seeded random half (``N // 2`` examples) and model ``2j + 1`` on
-    the other half, so every example is IN exactly ``k/2`` times and OUT exactly ``k/2`` times.
+    The ``k`` models form ``k / folds`` groups of ``folds``; each group splits a seeded random
+    permutation of the ``N`` examples into ``folds`` near-equal parts, and the group's model
+    ``f`` trains on all parts but part ``f``. ``folds = 2`` is the LiRA design (complementary
+    pairs of halves: every example IN and OUT ``k/2`` times); a larger ``folds`` trains every
+    model on ``1 - 1/folds`` of the data, closer to the full-data model being unlearned (THEORY
+    §6: the OUT law then needs less of the held-out map's size correction), at the price of
+    fewer OUT models per example (``k / folds``) for the same ``k``.
 
     Args:
-        num_samples: ``N >= 2``.
-        k: number of models, even and >= 2.
-        seed: seed of the halves.
+        num_samples: ``N >= folds``.
+        k: number of models, a multiple of ``folds``.
+        seed: seed of the splits.
+        folds: parts per group (>= 2).
 
     Returns:
         A boolean ``[k, N]`` tensor on the CPU.
 
     Raises:
-        ReferenceModelsError: ``k`` odd or < 2, or ``N < 2``.
+        ReferenceModelsError: ``folds`` < 2, ``k`` not a positive multiple of ``folds``, or
+            ``N < folds``.
 
     Example:
         >>> masks = balanced_membership(7, k=4, seed=0)
@@ -75,17 +84,32 @@ def balanced_membership(num_samples: int, k: int, seed: int = 0) -> torch.Tensor
         [2, 2, 2, 2, 2, 2, 2]
         >>> bool((masks[0] ^ masks[1]).all())
         True
+        >>> (~balanced_membership(8, k=8, seed=0, folds=4)).sum(dim=0).tolist()  # OUT twice
+        [2, 2, 2, 2, 2, 2, 2, 2]
     """
-    if not isinstance(k, int) or k < 2 or k % 2:
-        raise ReferenceModelsError(f"Expected `k` to be an even int >= 2, but got {k!r}.")
-    if num_samples < 2:
-        raise ReferenceModelsError(f"Expected `num_samples` >= 2, but got {num_samples!r}.")
+    if not isinstance(folds, int) or folds < 2:
+        raise ReferenceModelsError(f"Expected `folds` to be an int >= 2, but got {folds!r}.")
+    if not isinstance(k, int) or k < folds or k % folds:
+        if folds == 2:
+            raise ReferenceModelsError(f"Expected `k` to be an even int >= 2, but got {k!r}.")
+        raise ReferenceModelsError(
+            f"Expected `k` to be a positive multiple of `folds` = {folds}, but got {k!r}."
+        )
+    if num_samples < folds:
+        raise ReferenceModelsError(
+            f"Expected `num_samples` >= {folds} (`folds`), but got {num_samples!r}."
+        )
     masks = torch.zeros(k, num_samples, dtype=torch.bool)
-    for pair in range(k // 2):
-        generator = torch.Generator().manual_seed(seed * 100_003 + pair)
-        half = torch.randperm(num_samples, generator=generator)[: num_samples // 2]
-        masks[2 * pair, half] = True
-        masks[2 * pair + 1] = ~masks[2 * pair]
+    for group in range(k // folds):
+        generator = torch.Generator().manual_seed(seed * 100_003 + group)
+        perm = torch.randperm(num_samples, generator=generator)
+        if folds == 2:  # the original LiRA pairs, bit for bit (saved models stay valid)
+            masks[2 * group, perm[: num_samples // 2]] = True
+            masks[2 * group + 1] = ~masks[2 * group]
+            continue
+        for f, part in enumerate(perm.tensor_split(folds)):
+            masks[group * folds + f] = True
+            masks[group * folds + f, part] = False
     return masks
 
 
@@ -185,7 +209,8 @@ def _check_manifest(out_dir: Path, expected: Mapping[str, Any]) -> None:
         _atomic_write_text(json.dumps(dict(expected), indent=2), out_dir / _MANIFEST)
         return
     found = _read_manifest(out_dir)
-    for key in ("k", "seed", "num_samples", "fingerprint", "module", "recipe"):
+    found.setdefault("folds", 2)  # manifests written before `folds` existed: halves
+    for key in ("k", "seed", "folds", "num_samples", "fingerprint", "module", "recipe"):
         if found.get(key) != expected[key]:
             raise ReferenceModelsError(
                 f"The reference models in {str(out_dir)!r} were trained with {key}="
@@ -226,8 +251,9 @@ def train_reference_models(
     trainer_kwargs: Mapping[str, Any] | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    folds: int = 2,
 ) -> ReferenceModels:
-    """Train ``k`` reference models on balanced random halves of ``data`` (resumable).
+    """Train ``k`` reference models on balanced random subsets of ``data`` (resumable).
 
     Model ``j`` is ``make_module()`` (a fresh module: the user's own recipe, its own
     ``training_step`` and ``configure_optimizers``), fitted by a real ``lightning.pytorch``
@@ -246,8 +272,9 @@ def train_reference_models(
             whose ``train_dataloader().dataset`` is used. A plain data set is wrapped in
             ``IndexedDataset``, so ``training_step`` receives ``(x, y, sample_id)`` batches.
         out_dir: directory of the models (created).
-        k: number of models, even (every example is OUT of exactly ``k/2``).
-        seed: seed of the halves, of the initialisations and of the shuffling.
+        k: number of models, a multiple of ``folds`` (every example is OUT of exactly
+            ``k / folds``).
+        seed: seed of the splits, of the initialisations and of the shuffling.
         batch_size: training batch size.
         trainer_kwargs: ``Trainer`` arguments (e.g. ``max_epochs``); defaults add no logger,
             no checkpoints, no model summary, no inner progress bar. Callbacks given here are
@@ -256,6 +283,9 @@ def train_reference_models(
             another recipe are refused, never reused.
         num_workers: ``DataLoader`` workers.
         progress: a tqdm bar over the ``k`` models.
+        folds: :func:`balanced_membership`'s parts per group: each model trains on
+            ``1 - 1/folds`` of the data (2: halves, LiRA's design; 4: three quarters, closer
+            to the model being unlearned, with ``k / 4`` OUT models per example).
 
     Returns:
         The loaded :class:`ReferenceModels`.
@@ -267,7 +297,7 @@ def train_reference_models(
 
     dataset = _training_dataset(data)
     n = len(dataset)
-    masks = balanced_membership(n, k, seed)
+    masks = balanced_membership(n, k, seed, folds)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     probe = make_module()
@@ -275,6 +305,7 @@ def train_reference_models(
         "version": _VERSION,
         "k": k,
         "seed": seed,
+        "folds": folds,
         "num_samples": n,
         "fingerprint": dataset_fingerprint(dataset, n),
         "module": f"{type(probe).__module__}.{type(probe).__qualname__}",

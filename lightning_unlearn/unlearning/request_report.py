@@ -349,7 +349,11 @@ def calibrated_unlearn(
         constants=constants,
         steps=steps,
         model=model,
-        flagged_ids=before["flagged_ids"],
+        # A set that fails by its mean score alone has no flagged example to budget for:
+        # every example then counts (the conservative prediction).
+        flagged_ids=None
+        if before["mean_score"] > before["mean_tolerance"]
+        else before["flagged_ids"],
     )
     choice, reason = recommend(budget, retrain_steps)
     report = RequestReport(
@@ -378,6 +382,7 @@ def calibrated_unlearn(
             limit=retrain_steps if limit is None else limit, trainer=trainer,
             trainer_kwargs=trainer_kwargs, unlearner=unlearner, **unlearning_kwargs,
         )  # fmt: skip
+        _escalate(report)
     if trainer is not None and report.stop_reason in ("already_out", "not_run"):  # no fit: log now
         for logger in trainer.loggers:
             report.log_to(logger)
@@ -389,6 +394,20 @@ def calibrated_unlearn(
         with atomic_write(out / "request.md", "w") as fh:
             fh.write(report.to_markdown())
     return student, report
+
+
+def _escalate(report: RequestReport) -> None:
+    """After a run the budget ended with the set still flagged: recommend retraining."""
+    after = report.verification_after
+    if report.stop_reason == "calibrated" or after.get("satisfied", False):
+        return
+    report.recommendation = "retrain"
+    report.reason = (
+        f"the budget ({report.steps_used} steps) was spent and the forget set still looks "
+        f"trained on ({after['flagged']} flagged, tolerance {after['tolerance']}; mean score "
+        f"{after['mean_score']:.2f}, tolerance {after['mean_tolerance']:.2f}): retrain "
+        "without it, or use a stronger method (e.g. SGLD or NegGrad+)"
+    )
 
 
 def _run(

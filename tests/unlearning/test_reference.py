@@ -37,6 +37,26 @@ def test_balanced_membership(n: int, k: int) -> None:
         balanced_membership(n, 3)
 
 
+@pytest.mark.parametrize(("n", "k", "folds"), [(10, 3, 3), (11, 8, 4), (120, 16, 4)])
+def test_balanced_membership_with_folds(n: int, k: int, folds: int) -> None:
+    masks = balanced_membership(n, k, seed=3, folds=folds)
+    assert masks.shape == (k, n)
+    assert (~masks).sum(dim=0).tolist() == [k // folds] * n  # OUT in exactly k / folds
+    for group in range(k // folds):
+        out = ~masks[group * folds : (group + 1) * folds]
+        assert out.sum(dim=0).tolist() == [1] * n  # the group's OUT parts partition the data
+        sizes = sorted(out.sum(dim=1).tolist())
+        assert sizes[-1] - sizes[0] <= 1  # near-equal parts
+    assert torch.equal(masks, balanced_membership(n, k, seed=3, folds=folds))
+    assert not torch.equal(masks, balanced_membership(n, k, seed=4, folds=folds))
+    with pytest.raises(ReferenceModelsError, match="multiple of `folds` = 4"):
+        balanced_membership(n, 6, folds=4)
+    with pytest.raises(ReferenceModelsError, match="folds"):
+        balanced_membership(n, 4, folds=1)
+    with pytest.raises(ReferenceModelsError, match="num_samples"):
+        balanced_membership(2, 4, folds=4)
+
+
 def test_train_resume_and_statistics(tmp_path) -> None:
     data = small_digits()
     refs = train_reference_models(
@@ -96,6 +116,11 @@ def test_train_resume_and_statistics(tmp_path) -> None:
             trainer_kwargs=TRAINER,
             progress=False,
         )
+    with pytest.raises(ReferenceModelsError, match="folds=2"):  # halves, not quarters
+        train_reference_models(
+            make_seen_mlp, data, out_dir=tmp_path, k=4, seed=1, batch_size=16,
+            trainer_kwargs=TRAINER, progress=False, folds=4,
+        )  # fmt: skip
 
     # Statistics: phi and loss of every (model, example) against an independent float64 route.
     loader = DataLoader(IndexedDataset(data), batch_size=50, shuffle=True)  # any order
