@@ -170,8 +170,10 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
         "OUT test; otherwise unlearning until at most the tolerance of forget examples is "
         f"flagged for {summary['hold'] + 1} consecutive steps. 'Steps to oracle level' is "
         "THEORY §6's steps-to-unlearn: the first step where the forget set's mean loss is "
-        f"within τ={summary['tau']} of the retrained oracle's (–: never). Per request: "
-        "`requests/<set>_<method>/request.json` and `.md`."
+        f"within τ={summary['tau']} of the retrained oracle's (–: never; a request that "
+        "stopped, or was already OUT, with – here ended further from the oracle than τ: the "
+        "OUT rule and the oracle disagree). Per request: `requests/<set>_<method>/request.json`"
+        " and `.md`."
     )
     r.add_table(
         [
