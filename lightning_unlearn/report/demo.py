@@ -150,7 +150,7 @@ def _add_reference(r: Report, summary: dict[str, Any]) -> None:
 def _budget_cell(b: dict[str, Any]) -> str:
     if b.get("low") is None:
         return f"{b.get('steps')} ({b.get('source')})"
-    high = "∞" if b.get("unbounded") else b.get("high")
+    high = "∞" if b.get("unbounded") else f"{b['high']:.0f}"
     steps = "none" if b.get("steps") is None else b["steps"]
     return f"{steps} [{b['low']}, {high}] ({b['source']})"
 
