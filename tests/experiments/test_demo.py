@@ -28,6 +28,7 @@ from lightning_unlearn.experiments._demo_calibrated import Calibrated, DemoSetti
 from lightning_unlearn.experiments.builders import datamodule_from_description, make_model
 from lightning_unlearn.experiments.checkpoints import load_model_checkpoint
 from lightning_unlearn.experiments.demo import STOP_REASONS
+from lightning_unlearn.report.demo import write_demo_report
 from lightning_unlearn.unlearning.calibration import BudgetCalibration
 from lightning_unlearn.unlearning.reference_rule import rule_from_directory
 from lightning_unlearn.unlearning.result import SPLITS, evaluate_splits
@@ -225,3 +226,32 @@ def test_a_request_the_rule_never_passes_spends_its_budget_and_hold(
     assert trajectory["forget_loss"][-1] == pytest.approx(row["unlearned"]["forget"]["loss"])
     report = json.loads((settings.output_dir / row["request"]).read_text())
     assert report["steps_used"] == 4 + HOLD
+
+
+@pytest.mark.slow
+def test_the_report_shows_a_request_sent_to_retraining(
+    demo: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """A request sent to retraining (unbounded interval, no run, no unlearned model) has its
+    own cells in the report; the demo's own run decides whether it happens, so it is made here
+    from the run's summary."""
+    out, _ = demo
+    summary = json.loads((out / "summary.json").read_text())
+    row = summary["rows"][-1]
+    row.update(
+        budget={**row["budget"], "steps": None, "low": 40, "high": None, "unbounded": True},
+        recommendation="retrain", ran=False, steps=0, stop_reason="not_run", unlearned=None,
+        flagged_after=None, compute_fraction=0.0, steps_to_oracle=-1,
+    )  # fmt: skip
+    key = f"{row['group']}, {row['method']}"
+    summary["trajectories"][key].update(steps=[], forget_loss=[], flagged_steps=[], flagged=[])
+    ledger = PrivacyLedger.load(out / "privacy_ledger.pt")
+    groups = {
+        f"{name} P": torch.tensor(json.loads((out / f"forget_ids_{name}.json").read_text()))
+        for name in ("low", "high")
+    }
+    md, _ = write_demo_report(tmp_path, summary, ledger.privacy_loss(8).cpu(), groups)
+    text = md.read_text()
+    assert f"| {row['group']} | {row['method']} | unlearned (not run) | – |" in text
+    assert "none [40, ∞] (calibration) | retrain | 0 | not_run |" in text
+    check_png(tmp_path / "plots" / "budget_vs_steps.png")
