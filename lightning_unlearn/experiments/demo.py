@@ -1,4 +1,4 @@
-"""The demo: the whole story in a few minutes on scikit-learn's digits, callable from Python.
+"""The demo: the whole story in one to two minutes on scikit-learn's digits, callable from Python.
 
 1. Train a small GroupNorm CNN with :class:`~lightning_unlearn.PerInstancePrivacyMonitor`
    (TensorBoard logs).

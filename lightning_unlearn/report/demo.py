@@ -141,7 +141,7 @@ def _add_reference(r: Report, summary: dict[str, Any]) -> None:
                 f"({c['num_censored']} censored), `{c['file']}`"
                 for m, c in cals.items()
             )
-            + ". The run's budget is the interval's upper end; the OUT rule ends it earlier."
+            + ". The run's budget is the interval's upper end; the OUT rule can end it earlier."
         )
     else:
         r.add_paragraph("The budget was fixed by `budget_steps` (no calibration fitted).")
