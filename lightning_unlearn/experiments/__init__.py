@@ -1,7 +1,8 @@
 """Experiments: the demo and the paper's experiment, callable from Python with typed arguments.
 
-- :func:`run_demo`: the whole story in about a minute on scikit-learn's digits (report, plots,
-  TensorBoard logs); ``lightning-unlearn demo`` on the command line.
+- :func:`run_demo`: the whole story in one to two minutes on scikit-learn's digits (reference
+  models, calibrated deletion requests, report, plots, TensorBoard logs); ``lightning-unlearn
+  demo`` on the command line.
 - :func:`run_reproduce`: the experiment of Sepahvand et al. (ICML 2025) on Fashion-MNIST;
   ``lightning-unlearn reproduce``.
 - :mod:`~lightning_unlearn.experiments.pipeline`: their building blocks (train with the

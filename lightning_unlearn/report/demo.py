@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ def write_demo_report(
 
     Args:
         out: output directory.
-        summary: the demo's summary (rows, trajectories, constants, ...); each row's
+        summary: the demo's summary (rows, trajectories, reference models, ...); each row's
             ``original`` / ``unlearned`` / ``oracle`` entries are
-            :func:`~lightning_unlearn.unlearning.result.evaluate_splits` metrics.
+            :func:`~lightning_unlearn.unlearning.result.evaluate_splits` metrics (``unlearned``
+            is ``None`` for a request sent to retraining).
         privacy: P(x, order) of every training example.
         groups: ``{group name: forget ids}``.
 
@@ -35,9 +37,10 @@ def write_demo_report(
         The Markdown and HTML paths.
     """
     _write_plots(out / "plots", summary, privacy, groups)
-    r = Report("lightning-unlearn demo: who is hard to forget, and proof it worked")
+    r = Report("lightning-unlearn demo: who is hard to forget, and how much effort it takes")
     _add_privacy(r, summary)
-    _add_budget(r, summary)
+    _add_reference(r, summary)
+    _add_requests(r, summary)
     _add_oracle_comparison(r, summary["rows"])
     _add_barriers_and_files(r, summary["rows"])
     return r.write(out)
@@ -56,18 +59,19 @@ def _write_plots(
     )
     traj = summary["trajectories"]
     plot_trajectories(
-        {k: (v["steps"], v["forget_loss"]) for k, v in traj.items()},
+        {k: (v["steps"], v["forget_loss"]) for k, v in traj.items() if v["steps"]},
         plots / "forget_loss_trajectory.png",
         ylabel="forget-set mean loss",
         title="Forget-set loss while unlearning (grey: oracle levels)",
         references={f"oracle, {k.split(',')[0]}": v["oracle_forget_loss"] for k, v in traj.items()},
     )
+    tolerances = {v["tolerance"] for v in traj.values()}
     plot_trajectories(
-        {k: (v["steps"], v["mia_auroc"]) for k, v in traj.items()},
-        plots / "mia_auroc_trajectory.png",
-        ylabel="loss-threshold MIA AUROC (forget vs test)",
-        title="Membership inference while unlearning (0.5 = unseen)",
-        references={"chance (0.5)": 0.5},
+        {k: (v["flagged_steps"], v["flagged"]) for k, v in traj.items() if v["flagged_steps"]},
+        plots / "out_flagged_trajectory.png",
+        ylabel="forget examples flagged as members",
+        title="Per-example OUT test while unlearning (stop: at most the tolerance)",
+        references={f"tolerance ({t})": float(t) for t in sorted(tolerances)},
     )
     methods = list(dict.fromkeys(r["method"] for r in rows))
     names = list(groups)
@@ -75,26 +79,29 @@ def _write_plots(
     for method in methods:
         by = {r["group"]: r for r in rows if r["method"] == method}
         series[f"steps used ({method})"] = ([float(by[g]["steps"]) for g in names], None)
-    first = {r["group"]: r for r in rows if r["method"] == methods[0]}
-    series["budget (THEORY §5)"] = ([float(first[g]["budget"]) for g in names], None)
+        series[f"budget ({method})"] = ([_steps(by[g]["budget"]["steps"]) for g in names], None)
     plot_bin_series(
         names,
         series,
         plots / "budget_vs_steps.png",
         ylabel="unlearning steps",
-        title="Calibrated budget and steps actually needed",
+        title="Budget (gap: none, sent to retraining) and steps used",
         xlabel="forget set",
     )
+
+
+def _steps(value: int | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _add_privacy(r: Report, summary: dict[str, Any]) -> None:
     order = summary["order"]
     q = summary["privacy_quantiles"]
     r.add_paragraph(
-        f"Data: {summary['dataset']} ({summary['num_train']} training examples). A GroupNorm CNN "
-        f"was trained for the number of epochs given below with `PerInstancePrivacyMonitor` "
-        f"attached; test accuracy {summary['fit']['test_acc']:.3f}, training took "
-        f"{summary['train_seconds']} s."
+        f"Data: {summary['dataset']} ({summary['num_train']} training examples). A "
+        f"{summary.get('model', 'cnn')} was trained for {summary.get('epochs')} epochs with "
+        f"`PerInstancePrivacyMonitor` attached; test accuracy {summary['fit']['test_acc']:.3f}, "
+        f"training took {summary['train_seconds']} s."
     )
     r.add_code(summary["command"])
     r.add_heading("1. Per-instance privacy losses")
@@ -107,81 +114,112 @@ def _add_privacy(r: Report, summary: dict[str, Any]) -> None:
     r.add_image("plots/privacy_histogram.png", "Distribution of log10 P; marks: forget sets")
 
 
-def _add_budget(r: Report, summary: dict[str, Any]) -> None:
-    c = summary["constants"]
-    rows = summary["rows"]
-    r.add_heading("2. Unlearning with the calibrated budget")
+def _add_reference(r: Report, summary: dict[str, Any]) -> None:
+    ref = summary["reference"]
+    rule = ref["rule"]
+    r.add_heading("2. Reference models, the OUT rule and the budget")
+    reused = f"; {ref['reused']} of them were found on disk and reused" if ref["reused"] else ""
     r.add_paragraph(
-        "Each forget set gets the budget of THEORY §5, "
-        "k = ceil(α C_LSI / (σ² η) · log(c_α (c_2α P(F, 4α) + D0) / (ε − D_irr))), with "
-        f"α={c['alpha']}, C_LSI={c['c_lsi']}, σ={c['langevin_sigma']}, η={c['lr']}, "
-        f"ε={c['target_epsilon']}, D0={c['d0']}, D_irr={c['d_irr']} and P(F) the maximum over "
-        "the set. These constants are our derivation from Chien et al. 2024 and Mironov 2017; "
-        "C_LSI is unknown for deep networks, so it acts as a calibration knob. Larger P, "
-        "larger budget."
+        f"{ref['k']} reference models were trained with the same recipe ({ref['epochs']} "
+        f"epochs) on balanced random halves, so every example is OUT of {ref['k'] // 2} of "
+        f"them ({ref['seconds']} s{reused}; `reference/`). From them, every forget example gets "
+        "its own OUT distribution of the logit-scaled confidence, and an example is flagged "
+        f"('still looks trained on') when its score exceeds {rule['threshold']}. The tolerance, "
+        "how many flagged examples a set never trained on shows, comes from the reference "
+        f"models themselves (level {rule['level']}); the score is read relative to the model's "
+        "confidence on the test set (THEORY §6; the documentation's 'Calibrated unlearning' "
+        "page derives it)."
     )
-    stop = summary.get("stop", "auroc")
-    rule = (
-        f"the loss-calibrated rule (membership AUROC of forget vs test losses within "
-        f"{summary.get('tolerance')} of 0.5, or below)"
-    )
-    if stop == "observe":
+    cals = ref["calibrations"]
+    if cals:
         r.add_paragraph(
-            f"Every run spent its whole budget while {rule} was checked every few steps; "
-            "'rule would stop at' is the first check where it was met. 'Steps to oracle level' "
-            f"is THEORY §6's steps-to-unlearn: the first check where the forget set's mean loss "
-            f"is within τ={summary.get('tau')} of the retrained oracle's (–: not within the "
-            "budget)."
+            "The budget needs no constant: k = a·log P + b (THEORY §5's form) is fitted from "
+            "fine-tuning runs of reference models on probe examples they trained on, with an "
+            f"80 % prediction interval ({ref['calibration_seconds']} s): "
+            + "; ".join(
+                f"{m}: a = {c['a']:.3g}, b = {c['b']:.3g} from {c['num_points']} points "
+                f"({c['num_censored']} censored), `{c['file']}`"
+                for m, c in cals.items()
+            )
+            + ". The run's budget is the interval's upper end; the OUT rule can end it earlier."
         )
     else:
-        r.add_paragraph(
-            f"Runs stopped early when {rule} was met ('stop reason: calibrated'). 'Steps to "
-            f"oracle level' is THEORY §6's steps-to-unlearn (τ={summary.get('tau')} on the mean "
-            "loss; –: not reached)."
-        )
+        r.add_paragraph("The budget was fixed by `budget_steps` (no calibration fitted).")
+
+
+def _budget_cell(b: dict[str, Any]) -> str:
+    if b.get("low") is None:
+        return f"{b.get('steps')} ({b.get('source')})"
+    high = "∞" if b.get("unbounded") else f"{b['high']:.0f}"
+    steps = "none" if b.get("steps") is None else b["steps"]
+    return f"{steps} [{b['low']}, {high}] ({b['source']})"
+
+
+def _flagged(x: dict[str, Any]) -> str:
+    after = "–" if x["flagged_after"] is None else x["flagged_after"]
+    return f"{x['flagged_before']} → {after} ({x['tolerance']})"
+
+
+def _add_requests(r: Report, summary: dict[str, Any]) -> None:
+    rows = summary["rows"]
+    r.add_heading("3. One deletion request per forget set and method")
+    r.add_paragraph(
+        "Each request is `calibrated_unlearn`: the budget with its interval and source; before "
+        "any step, 'retrain' when the interval's upper end exceeds one training run on the "
+        "retain set (no step is spent); 'already OUT' when the trained model already passes the "
+        "OUT test; otherwise unlearning until at most the tolerance of forget examples is "
+        f"flagged for {summary['hold'] + 1} consecutive steps. 'Steps to oracle level' is "
+        "THEORY §6's steps-to-unlearn: the first step where the forget set's mean loss is "
+        f"within τ={summary['tau']} of the retrained oracle's (–: never; a request that "
+        "stopped, or was already OUT, with – here ended further from the oracle than τ: the "
+        "OUT rule and the oracle disagree). Per request: `requests/<set>_<method>/request.json`"
+        " and `.md`."
+    )
     r.add_table(
         [
             "forget set",
             "method",
-            "P(F)",
-            "budget",
+            "P(F) max",
+            "budget [interval] (source)",
+            "recommendation",
             "steps used",
             "stop reason",
-            "rule would stop at",
+            "flagged before → after (tolerance)",
+            "compute / retraining",
             "steps to oracle level",
-            "seconds",
         ],
         [
             [
                 x["group"],
                 x["method"],
                 x["P_forget"],
-                x["budget"],
+                _budget_cell(x["budget"]),
+                x["recommendation"],
                 x["steps"],
                 x["stop_reason"],
-                x.get("rule_would_stop_at"),
-                None if x.get("steps_to_oracle", -1) < 0 else x["steps_to_oracle"],
-                x["seconds"],
+                _flagged(x),
+                f"{x['compute_fraction']:.1%}",
+                None if x["steps_to_oracle"] < 0 else x["steps_to_oracle"],
             ]
             for x in rows
         ],
     )
-    r.add_paragraph(
-        "Caveat on the rule: it compares the forget set with typical test data. Examples with "
-        "high P are atypical: even a model that never saw them gives them higher losses than "
-        "typical test data (see the oracle rows below), so the rule can be met at once for a "
-        "high-P set and never for a low-P set of easy examples. The oracle comparison is the "
-        "reference; the rule is what is available without an oracle."
-    )
     r.add_image("plots/budget_vs_steps.png", "Budget and steps used per forget set")
+    r.add_image("plots/out_flagged_trajectory.png", "Flagged forget examples along each run")
 
 
 def _add_oracle_comparison(r: Report, rows: list[dict[str, Any]]) -> None:
-    r.add_heading("3. Did it work? Comparison with retrained oracles")
+    r.add_heading("4. Did it work? Comparison with retrained oracles")
     r.add_paragraph(
         "The oracle is a fresh model retrained without the forget set with the same recipe. "
-        "A successful unlearning run brings the forget set's loss, accuracy and membership "
-        "AUROC close to the oracle's while keeping test accuracy."
+        "A successful request brings the forget set's loss, accuracy and membership AUROC "
+        "close to the oracle's while keeping retain and test accuracy; a request sent to "
+        "retraining has no unlearned model (–). The MIA AUROC (forget vs test losses) of the "
+        "oracles shows why the held-out-AUROC rule (`LossCalibratedStopping`) is not the "
+        "demo's stop rule: it asks for 0.5, but a model that never saw a set of atypical "
+        "(high-P) examples gives them higher losses than typical test data (AUROC below 0.5, "
+        "so the rule fires at once) and one that never saw easy (low-P) examples lower losses "
+        "(above 0.5, so it never fires)."
     )
     headers = [
         "forget set",
@@ -197,6 +235,9 @@ def _add_oracle_comparison(r: Report, rows: list[dict[str, Any]]) -> None:
     for x in rows:
         for label in ("original", "unlearned", "oracle"):
             m = x[label]
+            if m is None:
+                table.append([x["group"], x["method"], f"{label} (not run)", *[None] * 5])
+                continue
             table.append(
                 [
                     x["group"],
@@ -211,11 +252,10 @@ def _add_oracle_comparison(r: Report, rows: list[dict[str, Any]]) -> None:
             )
     r.add_table(headers, table)
     r.add_image("plots/forget_loss_trajectory.png", "Forget-set loss against unlearning steps")
-    r.add_image("plots/mia_auroc_trajectory.png", "MIA AUROC against unlearning steps")
 
 
 def _add_barriers_and_files(r: Report, rows: list[dict[str, Any]]) -> None:
-    r.add_heading("4. Loss barriers")
+    r.add_heading("5. Loss barriers")
     barriers = {x["group"]: x["barrier_original_oracle"] for x in rows}
     r.add_paragraph(
         "Loss barrier on the forget set between the original model and its oracle (THEORY §6; "
@@ -227,7 +267,10 @@ def _add_barriers_and_files(r: Report, rows: list[dict[str, Any]]) -> None:
     r.add_bullets(
         [
             "`model.ckpt`: the trained model; `privacy_ledger.pt` / `.csv`: the ledger",
-            "`forget_ids_*.json`: the forget sets; `result_*.json`: each unlearning run",
+            "`reference/`: the reference models (reused by a rerun); `calibration_<method>.json`:"
+            " the fitted budgets",
+            "`forget_ids_*.json`: the forget sets; `requests/<set>_<method>/request.json` / "
+            "`.md`: each deletion request",
             "`summary.json`: every number above; `tensorboard/`: `tensorboard --logdir` it",
         ]
     )

@@ -65,7 +65,8 @@ def test_example_config_reaches_every_option(command: str) -> None:
         (["demo", "--epochs", "2.5"], 'Parser key "epochs"'),  # a type error: jsonargparse
         (["demo", "--methods", "[forget_harder]"], 'Parser key "methods"'),
         (["demo", "--epochs", "0"], "Expected `epochs` to be an integer >= 1, but got 0"),
-        (["demo", "--tolerance", "0"], "Expected `tolerance` to be a finite number > 0.0"),
+        (["demo", "--hold", "-1"], "Expected `hold` to be an integer >= 0"),
+        (["demo", "--reference_k", "5"], "Expected `reference_k` to be even"),
         (["demo", "--threads", "-1"], "Expected `threads` to be an integer >= 0"),
         (["reproduce", "--scale", "0"], "Expected `scale` to be a finite number > 0.0"),
         (["reproduce", "--early_epoch", "0"], "Expected `early_epoch` to be an integer >= 1"),

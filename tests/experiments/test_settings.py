@@ -22,11 +22,14 @@ from lightning_unlearn.experiments import run_demo, run_reproduce
         ({"methods": "sgld"}, InvalidArgumentTypeError, "Expected `methods` to be a non-empty"),
         ({"methods": ()}, InvalidArgumentTypeError, "Expected `methods` to be a non-empty"),
         ({"methods": ["sgld", "x"]}, InvalidArgumentError, "Expected `methods` to be one of"),
-        ({"stop": "sometimes"}, InvalidArgumentError, "Expected `stop` to be one of"),
+        ({"reference_k": 3}, InvalidArgumentError, "Expected `reference_k` to be even"),
+        ({"reference_k": 0}, InvalidArgumentError, "Expected `reference_k` to be an integer >= 2"),
+        ({"calibration_models": 0}, InvalidArgumentError, "Expected `calibration_models`"),
+        ({"hold": -1}, InvalidArgumentError, "Expected `hold` to be an integer >= 0"),
+        ({"budget_steps": -1}, InvalidArgumentError, "Expected `budget_steps`"),
         ({"dataset": "mnist"}, InvalidArgumentError, "Expected `dataset` to be one of"),
         ({"progress": "yes"}, InvalidArgumentTypeError, "Expected `progress` to be True"),
         ({"max_grad_norm": -1.0}, InvalidArgumentError, "Expected `max_grad_norm`"),
-        ({"d_irr": 2.0}, ValueError, "target_epsilon"),  # the bound's constants, checked first
     ],
 )
 def test_run_demo_refuses_bad_settings(
