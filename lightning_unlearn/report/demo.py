@@ -141,7 +141,8 @@ def _add_reference(r: Report, summary: dict[str, Any]) -> None:
                 f"({c['num_censored']} censored), `{c['file']}`"
                 for m, c in cals.items()
             )
-            + ". The run's budget is the interval's upper end; the OUT rule can end it earlier."
+            + ". The run's budget is the interval's upper end, capped at one training run; the OUT "
+            "rule can end it earlier."
         )
     else:
         r.add_paragraph("The budget was fixed by `budget_steps` (no calibration fitted).")
@@ -165,7 +166,7 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
     r.add_heading("3. One deletion request per forget set and method")
     r.add_paragraph(
         "Each request is `calibrated_unlearn`: the budget with its interval and source; before "
-        "any step, 'retrain' when the interval's upper end exceeds one training run on the "
+        "any step, 'retrain' when the predicted steps exceed one training run on the "
         "retain set (no step is spent); 'already OUT' when the trained model already passes the "
         "OUT test; otherwise unlearning until at most the tolerance of forget examples is "
         f"flagged for {summary['hold'] + 1} consecutive steps. 'Steps to oracle level' is "

@@ -56,7 +56,7 @@ class Budget:
 
     Attributes:
         steps: the budget (``Trainer(max_steps=...)``): with a calibration, the interval's
-            upper end (the stop rule ends the run earlier).
+            upper end capped at one training run (the stop rule ends the run earlier).
         source: ``"calibration"``, ``"bound"`` or ``"fixed"``.
         predicted: the calibration's point prediction (``None`` for the other sources).
         low: the interval's lower end (``None`` for the other sources).
@@ -82,8 +82,9 @@ def resolve_budget(
 ) -> Budget:
     """The budget of ``datamodule``'s forget set and its source (calibration first).
 
-    A calibration whose interval is unbounded, or whose upper end exceeds the cap, gives
-    ``steps = None`` (no budget that unlearning could honour): :func:`recommend` then sends the
+    With a calibration, ``steps`` is the interval's upper end capped at the training run's
+    length (an unbounded interval: the cap), and ``None`` when the point prediction itself
+    exceeds the cap (no budget that unlearning could honour): :func:`recommend` then sends the
     request to retraining. ``flagged_ids`` (the forget examples the trained model's OUT test
     flags, :meth:`OutRule.verify`) lets the calibration give 0 steps to the others.
 
@@ -124,29 +125,43 @@ def resolve_budget(
         flagged = torch.isin(datamodule.forget_ids.cpu(), torch.as_tensor(flagged_ids).long())
     pred = cal.predict(p, flagged)
     cap, _ = budget_cap(ledger)
-    upper = None if math.isinf(pred.high) or pred.high > cap else int(pred.high)
+    if pred.steps > cap:  # predicted to need more than a training run: nothing to honour
+        return Budget(None, "calibration", pred.steps, pred.low, pred.high)
+    upper = cap if math.isinf(pred.high) else min(int(pred.high), cap)
     return Budget(upper, "calibration", pred.steps, pred.low, pred.high)
 
 
 def recommend(budget: Budget, retrain_steps: int) -> tuple[str, str]:
-    """``("unlearn" | "retrain", reason)``: retrain when the budget's upper end exceeds retraining.
+    """``("unlearn" | "retrain", reason)``: retrain when the predicted steps exceed retraining.
+
+    The prediction is the calibration's point prediction (the budget itself for the other
+    sources). A request predicted below one training run is unlearned with the interval's
+    upper end as its budget, capped at one training run; if that budget runs out with the set
+    still flagged, :func:`calibrated_unlearn` recommends retraining after the fact.
 
     Example:
         >>> recommend(Budget(50, "calibration", 20, 5, 50.0), retrain_steps=400)[0]
         'unlearn'
-        >>> recommend(Budget(None, "calibration", 300, 90, 900.0), retrain_steps=400)[0]
+        >>> recommend(Budget(400, "calibration", 150, 40, 900.0), retrain_steps=400)[0]
+        'unlearn'
+        >>> recommend(Budget(None, "calibration", 500, 90, 900.0), retrain_steps=400)[0]
         'retrain'
     """
-    high = budget.high if budget.high is not None else budget.steps
-    if high is None or high > retrain_steps:
-        shown = "unbounded" if high is None or math.isinf(high) else f"{high:.0f}"
+    point = budget.predicted if budget.predicted is not None else budget.steps
+    interval = ""
+    if budget.low is not None and budget.high is not None:
+        high = "unbounded" if math.isinf(budget.high) else f"{budget.high:.0f}"
+        interval = f", interval [{budget.low}, {high}]"
+    if point is None or budget.steps is None or point > retrain_steps:
+        shown = "unknown" if point is None else str(point)
         return "retrain", (
-            f"the predicted steps' upper end ({shown}) exceeds one training run on the retain set "
+            f"the predicted steps ({shown}{interval}) exceed one training run on the retain set "
             f"({retrain_steps} steps): retrain without the forget set, or use a stronger method "
             "(e.g. SGLD or NegGrad+) for this request"
         )
     return "unlearn", (
-        f"the budget ({high:.0f} steps at most) is below one training run ({retrain_steps} steps)"
+        f"the predicted steps ({point}{interval}) are below one training run ({retrain_steps} "
+        f"steps); budget {budget.steps} steps at most"
     )
 
 
