@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,11 @@ from typing import Any
 import lightning.pytorch as pl
 import scipy.stats
 import torch
-from _calibrated_plots import plots
 from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _calibrated_plots import plots
 
 from lightning_unlearn.callbacks import PerInstancePrivacyMonitor
 from lightning_unlearn.data import IndexedDataset

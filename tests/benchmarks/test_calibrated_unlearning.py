@@ -31,6 +31,8 @@ def test_smoke_scale_structure(tmp_path: Path) -> None:
     assert on_disk["summary"] == json.loads(json.dumps(results["summary"]))
     assert (tmp_path / "summary.md").read_text().startswith("# Calibrated unlearning")
     assert (tmp_path / "seed0" / "calibration.json").is_file()
+    for plot in ("forget_loss_vs_oracles.png", "steps_vs_budget.png"):
+        assert (tmp_path / "plots" / plot).stat().st_size > 1000
     sc = bench.SCALES["smoke"]
     rows = results["rows"]
     assert [r["kind"] for r in rows] == list(bench.KINDS) * sc.seeds
@@ -43,6 +45,10 @@ def test_smoke_scale_structure(tmp_path: Path) -> None:
         assert report["recommendation"] in ("unlearn", "retrain")
         assert ("judge" in row) != ("retrain_needed" in row)
         assert isinstance(row["covered"], bool)
+        assert len(row["oracle_loo_within"]) == sc.oracles
+        assert set(row["original_judge"]) >= {"forget_loss", "all_within", "under_unlearned"}
+        lo, hi = row["original_judge"]["forget_loss"]["band"]
+        assert lo <= sum(o["forget"]["loss"] for o in row["oracles"]) / sc.oracles <= hi
     summary = results["summary"]
     assert summary["num_sets"] == len(rows)
     assert summary["num_ran"] + summary["num_sent_to_retrain"] == len(rows)

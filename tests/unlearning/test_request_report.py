@@ -102,7 +102,8 @@ def test_a_calibrated_run_reports_and_logs(setup: dict[str, Any], tmp_path: Path
     assert (report.steps_used, report.stop_reason, report.arrival_step) == (8, "budget", None)
     # The budget ran out with the set still flagged: retraining is recommended after the fact.
     assert report.recommendation == "retrain"
-    assert "was spent" in report.reason and "6 flagged" in report.reason
+    assert "was spent" in report.reason
+    assert "6 flagged" in report.reason
     assert report.compute_fraction == pytest.approx(8 / 60)
     after = report.verification_after
     assert after["size"] == 6
