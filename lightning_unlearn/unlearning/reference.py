@@ -393,7 +393,9 @@ class ReferenceModels:
         """
         root = Path(out_dir)
         manifest = _read_manifest(root)
-        expected = balanced_membership(manifest["num_samples"], manifest["k"], manifest["seed"])
+        expected = balanced_membership(
+            manifest["num_samples"], manifest["k"], manifest["seed"], manifest.get("folds", 2)
+        )
         modules, missing = [], []
         for j in range(manifest["k"]):
             payload = _load_model_file(_model_path(root, j), expected[j])

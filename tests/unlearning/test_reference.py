@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -116,6 +118,16 @@ def test_train_resume_and_statistics(tmp_path) -> None:
             trainer_kwargs=TRAINER,
             progress=False,
         )
+    quarters = train_reference_models(
+        make_seen_mlp, data, out_dir=tmp_path / "quarters", k=4, seed=1, batch_size=16,
+        trainer_kwargs=TRAINER, progress=False, folds=4,
+    )  # fmt: skip
+    assert torch.equal(quarters.in_mask, balanced_membership(NUM, 4, seed=1, folds=4))
+    for module, mask in zip(quarters.modules, quarters.in_mask, strict=True):
+        assert torch.equal(module.seen, mask.long() * TRAINER["max_epochs"])  # 3/4 each
+    reloaded = ReferenceModels.load(tmp_path / "quarters", make_seen_mlp)  # masks re-derived
+    assert torch.equal(reloaded.in_mask, quarters.in_mask)
+    assert json.loads((tmp_path / "quarters" / "manifest.json").read_text())["folds"] == 4
     with pytest.raises(ReferenceModelsError, match="folds=2"):  # halves, not quarters
         train_reference_models(
             make_seen_mlp, data, out_dir=tmp_path, k=4, seed=1, batch_size=16,
