@@ -161,6 +161,11 @@ def _flagged(x: dict[str, Any]) -> str:
     return f"{x['flagged_before']} → {after} ({x['tolerance']})"
 
 
+def _mean(x: dict[str, Any]) -> str:
+    after = "–" if x.get("mean_score_after") is None else f"{x['mean_score_after']:.2f}"
+    return f"{x['mean_score_before']:.2f} → {after} ({x['mean_tolerance']:.2f})"
+
+
 def _add_requests(r: Report, summary: dict[str, Any]) -> None:
     rows = summary["rows"]
     r.add_heading("3. One deletion request per forget set and method")
@@ -169,7 +174,9 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
         "any step, 'retrain' when the predicted steps exceed one training run on the "
         "retain set (no step is spent); 'already OUT' when the trained model already passes the "
         "OUT test; otherwise unlearning until at most the tolerance of forget examples is "
-        f"flagged for {summary['hold'] + 1} consecutive steps. 'Steps to oracle level' is "
+        "flagged and the set's mean score is within its tolerance, for "
+        f"{summary['hold'] + 1} consecutive steps; a budget spent with the set still flagged is "
+        "recommended for retraining after the fact. 'Steps to oracle level' is "
         "THEORY §6's steps-to-unlearn: the first step where the forget set's mean loss is "
         f"within τ={summary['tau']} of the retrained oracle's (–: never; a request that "
         "stopped, or was already OUT, with – here ended further from the oracle than τ: the "
@@ -186,6 +193,7 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
             "steps used",
             "stop reason",
             "flagged before → after (tolerance)",
+            "mean score before → after (tolerance)",
             "compute / retraining",
             "steps to oracle level",
         ],
@@ -199,6 +207,7 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
                 x["steps"],
                 x["stop_reason"],
                 _flagged(x),
+                _mean(x),
                 f"{x['compute_fraction']:.1%}",
                 None if x["steps_to_oracle"] < 0 else x["steps_to_oracle"],
             ]

@@ -89,9 +89,17 @@ def check_row(out: Path, row: dict[str, Any], source: str) -> None:
     if row["stop_reason"] == "already_out":
         assert row["steps"] == 0
         assert row["flagged_before"] <= row["tolerance"]
+        assert row["mean_score_before"] <= row["mean_tolerance"]
         assert row["unlearned"] == row["original"]
     if row["stop_reason"] == "calibrated":
         assert row["flagged_after"] <= row["tolerance"]
+        assert row["mean_score_after"] <= row["mean_tolerance"]
+    elif row["stop_reason"] == "budget":  # spent with the set still flagged: escalated
+        flagged = (
+            row["flagged_after"] > row["tolerance"]
+            or row["mean_score_after"] > row["mean_tolerance"]
+        )
+        assert (row["recommendation"] == "retrain") == flagged
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +249,7 @@ def test_the_report_shows_a_request_sent_to_retraining(
     row.update(
         budget={**row["budget"], "steps": None, "low": 40, "high": None, "unbounded": True},
         recommendation="retrain", ran=False, steps=0, stop_reason="not_run", unlearned=None,
-        flagged_after=None, compute_fraction=0.0, steps_to_oracle=-1,
+        flagged_after=None, mean_score_after=None, compute_fraction=0.0, steps_to_oracle=-1,
     )  # fmt: skip
     key = f"{row['group']}, {row['method']}"
     summary["trajectories"][key].update(steps=[], forget_loss=[], flagged_steps=[], flagged=[])
