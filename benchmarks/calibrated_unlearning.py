@@ -269,14 +269,16 @@ def _one_set(
     ]
     row["original_judge"] = judge(report.before, oracles)  # did the set need unlearning?
     measured = report
-    if report.recommendation == "retrain":  # check the recommendation: run anyway, up to retraining
+    if report.ran:
+        row["judge"] = judge(report.after, oracles)
+    row["escalated"] = report.ran and report.recommendation == "retrain"
+    if report.recommendation == "retrain":  # before any step, or after its budget: needed?
+        check = {**kwargs, "calibration": None, "steps": retrain}  # up to one retraining
         _, measured = calibrated_unlearn(
-            model, frdm, rule, seed=seed, trainer_kwargs=TRAINER, run_anyway=True, **kwargs
+            model, frdm, rule, seed=seed, trainer_kwargs=TRAINER, **check
         )
         row["check_run"] = json.loads(measured.to_json())
         row["retrain_needed"] = measured.stop_reason not in ("calibrated", "already_out")
-    else:
-        row["judge"] = judge(report.after, oracles)
     arrival = (
         measured.arrival_step if measured.stop_reason in ("calibrated", "already_out") else None
     )
@@ -370,7 +372,8 @@ def _rate(flags: list[bool]) -> float | None:
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ran = [r for r in rows if "judge" in r]
-    sent = [r for r in rows if "retrain_needed" in r]
+    sent = [r for r in rows if "retrain_needed" in r and not r["escalated"]]
+    escalated = [r for r in rows if r["escalated"]]
     fractions = [r["report"]["compute_fraction"] for r in ran]
     low = [r for r in ran if r["kind"] == "low_p"]
     high = [r for r in rows if r["kind"] == "high_p"]
@@ -402,6 +405,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "mean_compute_fraction_ran": sum(fractions) / len(fractions) if fractions else math.nan,
         "retrain_recommendations_confirmed": sum(r["retrain_needed"] for r in sent),
+        "num_escalated_after_budget": len(escalated),
+        "escalations_confirmed": sum(r["retrain_needed"] for r in escalated),
         "fixed_unlearns_all_high_p": fixed_unlearns_high,
         "smallest_fixed_epochs_unlearning_high_p": smallest,
         "low_p_mean_calibrated_steps": low_steps,
@@ -452,11 +457,10 @@ def markdown(results: dict[str, Any]) -> str:
             if original["all_within"]
             else ("under-unlearned" if original["under_unlearned"] else "no")
         )
-        within = (
-            "retrain needed: " + str(r["retrain_needed"])
-            if "retrain_needed" in r
-            else str(r["judge"]["all_within"])
-        )
+        within = str(r["judge"]["all_within"]) if "judge" in r else ""
+        if "retrain_needed" in r:
+            kind = "escalated; " if r["escalated"] else ""
+            within = f"{within} ({kind}retrain needed: {r['retrain_needed']})".strip()
         lines.append(
             f"| {r['seed']} | {r['kind']} | {r['P_max']:.3g} | {orig} | "
             f"{b['predicted']} [{b['low']}, {b['high']}] | {rep['recommendation']} | "

@@ -43,7 +43,9 @@ def test_smoke_scale_structure(tmp_path: Path) -> None:
         report = row["report"]
         assert report["budget"]["source"] == "calibration"
         assert report["recommendation"] in ("unlearn", "retrain")
-        assert ("judge" in row) != ("retrain_needed" in row)
+        assert ("judge" in row) == report["ran"]
+        assert ("retrain_needed" in row) == (report["recommendation"] == "retrain")
+        assert row["escalated"] == (report["ran"] and report["recommendation"] == "retrain")
         assert isinstance(row["covered"], bool)
         assert len(row["oracle_loo_within"]) == sc.oracles
         assert set(row["original_judge"]) >= {"forget_loss", "all_within", "under_unlearned"}
@@ -52,5 +54,6 @@ def test_smoke_scale_structure(tmp_path: Path) -> None:
     summary = results["summary"]
     assert summary["num_sets"] == len(rows)
     assert summary["num_ran"] + summary["num_sent_to_retrain"] == len(rows)
+    assert summary["num_escalated_after_budget"] <= summary["num_ran"]
     assert 0.0 <= summary["interval_coverage"] <= 1.0
     assert set(summary["fixed_unlearns_all_high_p"]) == set(bench.FIXED_EPOCHS)
