@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "audit": "re-verify the audit record of an `unlearn` result against its files",
     "reference": "train K reference models on random halves (per-example OUT targets; resumable)",
     "calibrate": "fit the step budget k = a log P + b from the reference models, with an interval",
-    "demo": "the whole story on scikit-learn's digits in about a minute (report + plots)",
+    "demo": "the whole story on scikit-learn's digits in one to two minutes (report + plots)",
     "reproduce": "the paper's experiment on Fashion-MNIST (steps-to-unlearn, barriers, scores)",
 }
 LIGHTNING_COMMANDS = ("fit", "unlearn", "evaluate")

@@ -124,11 +124,12 @@ def _add_reference(r: Report, summary: dict[str, Any]) -> None:
         f"epochs) on balanced random halves, so every example is OUT of {ref['k'] // 2} of "
         f"them ({ref['seconds']} s{reused}; `reference/`). From them, every forget example gets "
         "its own OUT distribution of the logit-scaled confidence, and an example is flagged "
-        f"('still looks trained on') when its score exceeds {rule['threshold']}. The tolerance, "
-        "how many flagged examples a set never trained on shows, comes from the reference "
-        f"models themselves (level {rule['level']}); the score is read relative to the model's "
-        "confidence on the test set (THEORY §6; the documentation's 'Calibrated unlearning' "
-        "page derives it)."
+        f"('still looks trained on') when its score exceeds {rule['threshold']}. The two "
+        "tolerances, how many flagged examples and how high a mean score a set never trained on "
+        f"shows, come from the reference models themselves (level {rule['level']}); the scores "
+        "are read through the model's held-out map, a line fitted on the test set from the "
+        "reference models' confidence to the model's (THEORY §6; the documentation's "
+        "'Calibrated unlearning' page derives it)."
     )
     cals = ref["calibrations"]
     if cals:
