@@ -340,16 +340,25 @@ class OutRule:
 
         Returns:
             :meth:`judge`'s ``{"size", "flagged", "tolerance", "mean_score",
-            "mean_tolerance", "satisfied"}`` with ``"flagged_ids"``, ``"under_ids"`` and
-            ``"map"``; ``under_ids`` are examples *less* confident than OUT by more than the
-            threshold (over-unlearned), reported, not part of the rule.
+            "mean_tolerance", "satisfied"}`` with ``"flagged_ids"``, ``"under_ids"``,
+            ``"extrapolated_ids"`` and ``"map"``; ``under_ids`` are examples *less* confident
+            than OUT by more than the threshold (over-unlearned), reported, not part of the
+            rule; ``extrapolated_ids`` are examples whose OUT mean lies outside the held-out
+            set's range, where the map is a line extended beyond its data (measured: on
+            mislabelled examples it misjudges the oracles' level by up to 2 units of score).
         """
         ids = self.check_ids(sample_ids)
         z = self.scores(values, ids, heldout_map)
+        extrapolated: list[int] = []
+        if self.heldout_law is not None and heldout_map != IDENTITY_MAP:
+            lo, hi = self.heldout_law.mean.min(), self.heldout_law.mean.max()
+            mu = self.law.mean[ids]
+            extrapolated = ids[(mu < lo) | (mu > hi)].tolist()
         return {
             **self.judge(z),
             "flagged_ids": ids[z > self.threshold].tolist(),
             "under_ids": ids[z < -self.threshold].tolist(),
+            "extrapolated_ids": extrapolated,
             "map": heldout_map.as_dict(),
         }
 

@@ -239,6 +239,14 @@ class RequestReport:
                     f"still look trained on (tolerance {v['tolerance']}), mean score "
                     f"{v['mean_score']:.2f} (tolerance {v['mean_tolerance']:.2f})"
                 )
+        extrapolated = self.verification_before.get("extrapolated_ids") or []
+        if extrapolated:
+            lines.append(
+                f"- caution: {len(extrapolated)} forget examples lie outside the held-out set's "
+                "range of OUT confidence, where the held-out map is extrapolated (typically "
+                "mislabelled or very atypical examples): their verdicts are less certain; a "
+                "held-out set with such examples, or reference models on more of the data, helps"
+            )
         if self.before and self.after:
             lines += [
                 "",

@@ -19,6 +19,7 @@ from lightning_unlearn.data import IndexedDataset
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.errors import IntegrityError
 from lightning_unlearn.evaluation.functional.out_score import (
+    HeldoutMap,
     flagged_tolerance,
     leave_one_out_zscores,
     out_gaussian,
@@ -194,3 +195,20 @@ def test_ddp_spawn_ranks_stop_together(setup: dict[str, Any], tmp_path: Path) ->
         assert report["reason"] == "calibrated"
         assert report["checked_steps"] == [0, 1, 2, 3, 4]
     assert reports[0]["weights"] == reports[1]["weights"]  # identical replicas
+
+
+def test_verify_names_examples_outside_the_heldout_range(setup: dict[str, Any]) -> None:
+    rule = OutRule.from_reference(setup["stats"], heldout=setup["held"])
+    ref_values, _ = setup["held"]
+    lo, hi = float(ref_values.mean(0).min()), float(ref_values.mean(0).max())
+    mu = rule.law.mean
+    ids = torch.arange(rule.num_samples)[rule.law.n >= 2][:60]
+    outside = [int(i) for i in ids if not lo <= float(mu[i]) <= hi]
+    inside = [int(i) for i in ids if lo <= float(mu[i]) <= hi]
+    assert outside, "the digits reference models should have examples beyond the test set's range"
+    assert inside
+    hmap = HeldoutMap(0.1, 1.1, 1.2)
+    got = rule.verify(mu[ids], ids, hmap)
+    assert got["extrapolated_ids"] == outside
+    assert got["map"] == {"intercept": 0.1, "slope": 1.1, "scale": 1.2}
+    assert rule.verify(mu[ids], ids)["extrapolated_ids"] == []  # no map, nothing extrapolated

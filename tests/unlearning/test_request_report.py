@@ -127,3 +127,17 @@ def test_a_set_already_out_costs_nothing(setup: dict[str, Any]) -> None:
     assert (report.steps_used, report.stop_reason, report.arrival_step) == (0, "already_out", 0)
     assert report.after == report.before
     assert math.isclose(report.compute_fraction, 0.0)
+
+
+def test_markdown_cautions_about_extrapolated_examples() -> None:
+    verdict = {"size": 4, "flagged": 1, "tolerance": 1, "mean_score": 0.2, "mean_tolerance": 0.9}
+    report = RequestReport(
+        num_forget=4, method="finetune", budget={"steps": 3, "source": "fixed"},
+        retrain_steps=60, recommendation="unlearn", reason="test",
+        verification_before={**verdict, "extrapolated_ids": [5, 9]},
+    )  # fmt: skip
+    text = report.to_markdown()
+    assert "caution: 2 forget examples lie outside the held-out set's range" in text
+    assert "mean score 0.20 (tolerance 0.90)" in text
+    clean = dataclasses.replace(report, verification_before={**verdict, "extrapolated_ids": []})
+    assert "caution" not in clean.to_markdown()
