@@ -18,14 +18,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_unlearn.accounting import PrivacyLedger
 from lightning_unlearn.data.modules import TensorSplitDataModule
 from lightning_unlearn.data.splits import ForgetRetainDataModule
-from lightning_unlearn.evaluation.functional import per_example_losses, steps_to_unlearn
+from lightning_unlearn.evaluation.functional import steps_to_unlearn
 from lightning_unlearn.experiments.builders import Architecture, DatasetName, make_model
 from lightning_unlearn.experiments.pipeline import (
     forget_set_barrier,
@@ -42,6 +41,7 @@ from lightning_unlearn.unlearning.reference import train_reference_models
 from lightning_unlearn.unlearning.reference_rule import STATS_FILE, rule_from_directory
 from lightning_unlearn.unlearning.request_report import calibrated_unlearn
 from lightning_unlearn.unlearning.result import evaluate_splits
+from lightning_unlearn.unlearning.trajectory import ForgetTrajectoryRecorder
 
 __all__ = ["Calibrated", "DemoSettings", "calibrate", "unlearn_group"]
 
@@ -176,43 +176,20 @@ def _calibration(method: str, cal: BudgetCalibration) -> dict[str, Any]:
     }
 
 
-class _Trajectory(Callback):
-    """The forget set's mean loss after every optimizer step (and before the first), and the
-    stop rule's checks at the end (the report's plots; the loss stays on the device until the
-    end of the run: no host synchronisation per step)."""
+class _Trajectory(ForgetTrajectoryRecorder):
+    """The forget set after every optimizer step (:class:`ForgetTrajectoryRecorder`), and the
+    stop rule's checks at the end of the run (the report's plots)."""
 
     def __init__(self, forget_loader: Any) -> None:
-        self.loader = forget_loader
-        self.steps: list[int] = []
-        self._losses: list[torch.Tensor] = []
+        super().__init__(forget_loader)
         self.checks: list[dict[str, Any]] = []
 
-    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.steps and self.steps[-1] == trainer.global_step:
-            return
-        module = getattr(pl_module, "module", pl_module)
-        loss, _, _ = per_example_losses(module, self.loader)
-        self.steps.append(int(trainer.global_step))
-        self._losses.append(loss.double().mean())
-
-    @property
-    def losses(self) -> list[float]:
-        return [float(x) for x in self._losses]
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer, pl_module)
-
-    @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self._record(trainer, pl_module)
+    def curve(self) -> tuple[list[int], list[float]]:
+        """``(steps, forget-set mean loss)`` of the recorded steps (empty without a fit)."""
+        if not self.records:
+            return [], []
+        traj = self.trajectory()
+        return traj.steps.tolist(), traj.loss.mean(dim=1).tolist()
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -295,7 +272,7 @@ def _request(
         logger.finalize("success")
     oracle_loss = common["oracle"]["forget"]["loss"]
     before, after = report.verification_before, report.verification_after
-    steps, losses = recorder.steps, recorder.losses
+    steps, losses = recorder.curve()
     checks = [(r["step"], r["flagged"]) for r in recorder.checks]
     if report.stop_reason == "already_out":  # no run: the trained model is the one at step 0
         steps, losses = [0], [common["original"]["forget"]["loss"]]
