@@ -21,6 +21,17 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(results["rows"], key=lambda r: (rank.get(r["kind"], 99), r["seed"]))
 
 
+def _finish(
+    fig: Any, ax: Any, rows: list[dict[str, Any]], ylabel: str, legend: str, path: Path
+) -> Path:
+    """One tick per set (kind/seed), the axis label and the legend as title; saved."""
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['kind']}/{r['seed']}" for r in rows], rotation=60, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(legend, fontsize=8)
+    return _save(fig, path)
+
+
 def forget_loss_plot(results: dict[str, Any], path: Path) -> Path:
     """Per set: the oracles' interval (bar), the trained, calibrated and fixed-budget losses."""
     import matplotlib.pyplot as plt
@@ -43,15 +54,11 @@ def forget_loss_plot(results: dict[str, Any], path: Path) -> Path:
                 [x], [f["after"]["forget"]["loss"]], marker=mk, color="tab:blue", s=14, zorder=3
             )
     ax.set_yscale("log")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['kind']}/{r['seed']}" for r in rows], rotation=60, fontsize=7)
-    ax.set_ylabel("forget-set mean loss")
-    ax.set_title(
+    legend = (
         "grey: oracles' 95 % prediction interval; black: trained;\n"
-        "red star: calibrated; blue: fixed 1 / 5 / 10 epochs (v, s, ^)",
-        fontsize=8,
+        "red star: calibrated; blue: fixed 1 / 5 / 10 epochs (v, s, ^)"
     )
-    return _save(fig, path)
+    return _finish(fig, ax, rows, "forget-set mean loss", legend, path)
 
 
 def steps_plot(results: dict[str, Any], path: Path) -> Path:
@@ -75,15 +82,11 @@ def steps_plot(results: dict[str, Any], path: Path) -> Path:
         else:
             ax.scatter([x], [top * 1.05], marker="x", color="tab:red", s=30, zorder=4)
     ax.axhline(rows[0]["retrain_steps"] if rows else 0, color="tab:green", linestyle="--")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['kind']}/{r['seed']}" for r in rows], rotation=60, fontsize=7)
-    ax.set_ylabel("fine-tuning steps")
-    ax.set_title(
+    legend = (
         "grey: budget interval; black: prediction;\n"
-        "red star: measured arrival (x: none); green: cost of retraining",
-        fontsize=8,
+        "red star: measured arrival (x: none); green: cost of retraining"
     )
-    return _save(fig, path)
+    return _finish(fig, ax, rows, "fine-tuning steps", legend, path)
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
