@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,11 @@ from lightning_unlearn.models import MLPClassifier
 from lightning_unlearn.unlearning import UnlearningModule, train_oracle, train_reference_models
 from lightning_unlearn.unlearning.calibrated_stopping import OutRule, reference_heldout_values
 from lightning_unlearn.unlearning.calibration_fit import calibrate_budget
-from lightning_unlearn.unlearning.request_report import calibrated_unlearn, verify_forget_set
+from lightning_unlearn.unlearning.request_report import (
+    LOW_POWER,
+    calibrated_unlearn,
+    verify_forget_set,
+)
 from lightning_unlearn.unlearning.result import evaluate_splits
 
 
@@ -367,6 +372,10 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def _rate(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
@@ -430,7 +439,33 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "ran_all_within_where_original_was_not": _rate(
             [r["judge"]["all_within"] for r in ran if not r["original_judge"]["all_within"]]
         ),
+        **_power_summary(rows),
     }
+
+
+def _power_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Does the rule's detection power tell trustworthy "looks OUT" verdicts from weak ones?"""
+    judged_out = [
+        r
+        for r in rows
+        if "judge" in r and r["report"]["verification_after"].get("satisfied", False)
+    ]
+    out: dict[str, Any] = {}
+    for name, keep in (("high", lambda p: p >= LOW_POWER), ("low", lambda p: p < LOW_POWER)):
+        group = [
+            r
+            for r in judged_out
+            if r["report"]["verification_before"].get("power") is not None
+            and keep(r["report"]["verification_before"]["power"])
+        ]
+        out[f"looks_out_{name}_power"] = len(group)
+        out[f"looks_out_{name}_power_under_unlearned"] = sum(
+            r["judge"]["under_unlearned"] for r in group
+        )
+    powers = [r["report"]["verification_before"].get("power") for r in rows]
+    known = [p for p in powers if p is not None]
+    out["median_power"] = statistics.median(known) if known else None
+    return out
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -444,8 +479,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| seed | set | P max | original within oracles | budget [low, high] | recommendation "
         "| steps used | stop | arrival | covered | flagged before -> after (tol) "
-        "| mean score before -> after (tol) | within oracles | fraction of retrain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean score before -> after (tol) | power | within oracles | fraction of retrain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         rep, b = r["report"], r["report"]["budget"]
@@ -467,7 +502,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{b['predicted']} [{b['low']}, {b['high']}] | {rep['recommendation']} | "
             f"{rep['steps_used']} | {rep['stop_reason']} | {r['arrival_step']} | "
             f"{r['covered']} | {vb['flagged']} -> {after} ({vb['tolerance']}) | "
-            f"{vb['mean_score']:.2f} -> {mean_after} ({vb['mean_tolerance']:.2f}) | {within} | "
+            f"{vb['mean_score']:.2f} -> {mean_after} ({vb['mean_tolerance']:.2f}) | "
+            f"{_pct(vb.get('power'))} | {within} | "
             f"{rep['compute_fraction']:.3f} |"
         )
     lines += [

@@ -45,6 +45,7 @@ from lightning_unlearn.evaluation.functional.out_score import (
     IDENTITY_MAP,
     HeldoutMap,
     OutGaussian,
+    detection_power,
     fit_heldout_map,
     flagged_tolerance,
     leave_one_out_zscores,
@@ -103,6 +104,8 @@ class OutRule:
         rates: ``[K]`` each reference model's null rate of flagged OUT examples.
         null: ``[K, N]`` the null scores the rates and the mean tolerance are read from
             (``None``: a hand-built rule without a mean criterion).
+        member: ``[K, N]`` the same scores of every reference model on its own members, the
+            draws :meth:`power` is read from (``None``: power unknown, e.g. an older file).
         metric: ``"phi"`` or ``"loss"``.
         threshold: an example is flagged ("still looks trained on") when its score exceeds it.
         level: the tolerance is the ``1 - level`` quantile of the null count.
@@ -122,6 +125,7 @@ class OutRule:
     heldout_law: OutGaussian | None = None
     min_out_models: int = 2
     null: Tensor | None = None
+    member: Tensor | None = None
     _mean_tolerances: dict[int, float] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -190,9 +194,13 @@ class OutRule:
                 )
             everyone = torch.ones_like(ref_values, dtype=torch.bool)
             heldout_law = out_gaussian(ref_values, everyone, prior_weight=prior_weight)
-        null = leave_one_out_zscores(
-            values, out_mask, direction=direction, prior_weight=prior_weight, heldout=ref_values
-        )
+        null, member = (
+            leave_one_out_zscores(
+                values, out_mask, direction=direction, prior_weight=prior_weight,
+                heldout=ref_values, members=members,
+            )
+            for members in (False, True)
+        )  # fmt: skip
         rates = member_rates(null, threshold)
         return cls(
             law=law,
@@ -205,6 +213,7 @@ class OutRule:
             heldout_law=heldout_law,
             min_out_models=min_out_models,
             null=null,
+            member=member,
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -217,6 +226,7 @@ class OutRule:
             "heldout_ids": self.heldout_ids,
             "heldout_law": None if self.heldout_law is None else tuple(self.heldout_law),
             "null": self.null,
+            "member": self.member,
             "settings": {
                 "metric": self.metric,
                 "threshold": self.threshold,
@@ -248,6 +258,7 @@ class OutRule:
             heldout_ids=data["heldout_ids"],
             heldout_law=None if held is None else OutGaussian(*held),
             null=data["null"],
+            member=data.get("member"),  # absent from files written before power was added
             **data["settings"],
         )
 
@@ -287,6 +298,24 @@ class OutRule:
         if size not in self._mean_tolerances:  # seeded, so computed once per size
             self._mean_tolerances[size] = mean_score_tolerance(self.null, size, self.level)
         return self._mean_tolerances[size]
+
+    def power(self, sample_ids: Tensor, size: int | None = None) -> float | None:
+        """The rule's :func:`detection_power` on these examples (``None`` without member draws).
+
+        Args:
+            sample_ids: the forget set's ids.
+            size: the set size the tolerances are taken for (default: ``len(sample_ids)``).
+        """
+        if self.member is None or self.null is None:
+            return None
+        ids = sample_ids.long().cpu()
+        n = int(ids.numel()) if size is None else size
+        return detection_power(
+            self.member[:, ids],
+            threshold=self.threshold,
+            tolerance=self.tolerance(n),
+            mean_tolerance=self.mean_tolerance(n),
+        )
 
     def heldout_map(self, heldout_values: Tensor, heldout_ids: Tensor) -> HeldoutMap:
         """The tested model's :class:`HeldoutMap` from its held-out values (identity without a
@@ -345,7 +374,9 @@ class OutRule:
             than OUT by more than the threshold (over-unlearned), reported, not part of the
             rule; ``extrapolated_ids`` are examples whose OUT mean lies outside the held-out
             set's range, where the map is a line extended beyond its data (measured: on
-            mislabelled examples it misjudges the oracles' level by up to 2 units of score).
+            mislabelled examples it misjudges the oracles' level by up to 2 units of score);
+            ``"power"`` is :meth:`power` on the set: how often the rule would see it as
+            trained on if it still were (low power: "looks OUT" is weak evidence).
         """
         ids = self.check_ids(sample_ids)
         z = self.scores(values, ids, heldout_map)
@@ -360,6 +391,7 @@ class OutRule:
             "under_ids": ids[z < -self.threshold].tolist(),
             "extrapolated_ids": extrapolated,
             "map": heldout_map.as_dict(),
+            "power": self.power(ids),
         }
 
 

@@ -49,6 +49,9 @@ __all__ = [
     "verify_forget_set",
 ]
 
+LOW_POWER = 0.5
+"""Below this detection power a "looks OUT" verdict is reported as weak evidence."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -239,6 +242,18 @@ class RequestReport:
                     f"still look trained on (tolerance {v['tolerance']}), mean score "
                     f"{v['mean_score']:.2f} (tolerance {v['mean_tolerance']:.2f})"
                 )
+        power = self.verification_before.get("power")
+        if power is not None:
+            lines.append(
+                f"- detection power: {power:.0%} (how often the rule sees a set like this one as "
+                "trained on when it still is, by the reference models' own members)"
+            )
+            if power < LOW_POWER:
+                lines.append(
+                    "- caution: low power: the reference models barely tell this set's members "
+                    'from non-members, so "looks OUT" is weak evidence that it was forgotten; '
+                    "more reference models (a larger `k`) raise the power, retraining is certain"
+                )
         extrapolated = self.verification_before.get("extrapolated_ids") or []
         if extrapolated:
             lines.append(
@@ -274,6 +289,8 @@ class RequestReport:
         for name, v in (("before", self.verification_before), ("after", self.verification_after)):
             if v:
                 scalars[f"request/flagged_{name}"] = float(v["flagged"])
+        if self.verification_before.get("power") is not None:
+            scalars["request/detection_power"] = float(self.verification_before["power"])
         for name, d in (("before", self.before), ("after", self.after)):
             for split in ("forget", "retain", "heldout"):
                 if split in d:
@@ -393,6 +410,9 @@ def calibrated_unlearn(
         # Nothing to unlearn: the trained model already treats the set as never seen.
         student = copy.deepcopy(model)
         report.recommendation, report.reason = "unlearn", "the forget set already looks OUT"
+        power = before.get("power")
+        if power is not None and power < LOW_POWER:
+            report.reason += f" (but the rule's detection power on it is only {power:.0%})"
         report.before = report.after = evaluate_splits(model, datamodule)
         report.verification_after = report.verification_before
         report.ran, report.stop_reason, report.arrival_step = True, "already_out", 0

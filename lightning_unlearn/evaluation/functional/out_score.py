@@ -19,7 +19,9 @@ The functions here are the tensor math of that rule; pure torch, no Lightning:
 * :func:`flagged_tolerance`: from the reference models' null rates, the number of flagged
   examples a never-trained-on set of ``E`` examples shows with probability ``1 - level``;
 * :func:`mean_score_tolerance`: the ``1 - level`` quantile of the mean score of ``E``
-  never-trained-on examples, from the same null draws.
+  never-trained-on examples, from the same null draws;
+* :func:`detection_power`: how often the rule would flag a given set if the model still
+  treated it as trained on, from the reference models' scores on their own members.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "HeldoutMap",
     "OutGaussian",
     "binomial_mixture_cdf",
+    "detection_power",
     "fit_heldout_map",
     "flagged_tolerance",
     "leave_one_out_zscores",
@@ -265,6 +268,7 @@ def leave_one_out_zscores(
     prior_weight: float = 2.0,
     pooled_var: float | None = None,
     heldout: Tensor | None = None,
+    members: bool = False,
 ) -> Tensor:
     r"""The score of every reference model on the examples it never trained on (null draws).
 
@@ -276,6 +280,11 @@ def leave_one_out_zscores(
     ``heldout``, model :math:`j` is read through its own :class:`HeldoutMap` against the other
     models' held-out law (:func:`fit_heldout_map`), exactly as a tested model is.
 
+    With ``members=True`` the same scores are kept on the other entries instead: model
+    :math:`j` on the examples it *did* train on (whose OUT law never included it). These are
+    draws of the score of a model that still treats the example as a member, the alternative
+    the rule should detect (:func:`detection_power`).
+
     Args:
         values: ``[K, N]`` reference models' values.
         out_mask: ``[K, N]`` OUT mask.
@@ -283,10 +292,11 @@ def leave_one_out_zscores(
         prior_weight: as in :func:`out_gaussian`.
         pooled_var: as in :func:`out_gaussian` (default: from the full table).
         heldout: ``[K, H]`` the same models' values on a held-out set none trained on.
+        members: keep the IN entries (member draws) rather than the OUT ones (null draws).
 
     Returns:
-        ``[K, N]`` float64, NaN where model ``j`` is IN for ``i`` or ``i`` has fewer than two
-        OUT models.
+        ``[K, N]`` float64, NaN where model ``j`` is IN for ``i`` (OUT with ``members``), its
+        value is NaN, or ``i`` has no OUT model besides ``j``.
 
     Example:
         >>> import torch
@@ -314,8 +324,8 @@ def leave_one_out_zscores(
             )
             hmap = fit_heldout_map(heldout[j], hlaw)
         z = out_zscores(values[j], law, direction=direction, heldout_map=hmap)
-        usable = out_mask[j] & (law.n >= 1)
-        out[j] = torch.where(usable, z, float("nan"))
+        keep = ~out_mask[j] & ~values[j].isnan() if members else out_mask[j]
+        out[j] = torch.where(keep & (law.n >= 1), z, float("nan"))
     return out
 
 
@@ -476,3 +486,70 @@ def mean_score_tolerance(
                 float(v.mean()) + sd * torch.randn(draws, generator=g, dtype=torch.float64)
             )
     return float(torch.cat(means).quantile(1.0 - level))
+
+
+def detection_power(
+    member_scores: Tensor,
+    *,
+    threshold: float,
+    tolerance: int,
+    mean_tolerance: float,
+    draws: int = 4096,
+    seed: int = 0,
+) -> float:
+    r"""How often the rule rejects "looks OUT" for a set whose examples are still members.
+
+    ``member_scores[:, e]`` holds the member draws of forget example :math:`e`
+    (:func:`leave_one_out_zscores` with ``members=True``, one per reference model that trained
+    on it; NaN elsewhere). A Monte Carlo draw takes, for every example independently, one of
+    its member draws uniformly, and counts it as detected when more than ``tolerance`` scores
+    exceed ``threshold`` or their mean exceeds ``mean_tolerance`` (the rule's verdict,
+    :meth:`~lightning_unlearn.unlearning.OutRule.judge`). The fraction detected is the rule's
+    power on this set: near 1, "looks OUT" is strong evidence that the model forgot it; near the
+    rule's level, the reference models cannot tell this set's members from non-members, and the
+    verdict says little. Seeded, so the same inputs give the same number; its Monte Carlo
+    standard error is at most :math:`1/(2\sqrt{	ext{draws}})`.
+
+    Args:
+        member_scores: ``[M, E]`` member draws per example (NaN: none from that model).
+        threshold: the rule's flagging threshold.
+        tolerance: the flagged-count tolerance for ``E`` examples.
+        mean_tolerance: the mean-score tolerance for ``E`` examples.
+        draws: Monte Carlo draws (>= 1).
+        seed: generator seed.
+
+    Returns:
+        The power in :math:`[0, 1]`.
+
+    Raises:
+        ValueError: no example, ``draws < 1``, or an example without a member draw (no
+            reference model trained on it, so its members' scores are unknown).
+
+    Example:
+        >>> import torch
+        >>> s = torch.tensor([[0.0, 1.0], [3.0, 3.0], [float("nan"), 1.0]])
+        >>> # detected when either score exceeds 2: exactly 1 - (1/2)(2/3) = 2/3
+        >>> p = detection_power(s, threshold=2.0, tolerance=0, mean_tolerance=9.0, draws=4000)
+        >>> round(p, 2)
+        0.66
+    """
+    m = member_scores.double().cpu()
+    if m.ndim != 2 or m.shape[1] == 0 or draws < 1:
+        raise ValueError(
+            f"Expected [M, E] member scores with E >= 1 and `draws` >= 1, but got shape "
+            f"{tuple(m.shape)} and draws={draws!r}."
+        )
+    count = (~m.isnan()).sum(dim=0)
+    if bool((count == 0).any()):
+        raise ValueError(
+            f"Expected a member draw for every example, but columns "
+            f"{(count == 0).nonzero().flatten().tolist()[:10]} have none; train reference "
+            "models that include these examples."
+        )
+    ordered = m.sort(dim=0).values  # NaN sorts last: the first count[e] rows are the draws
+    g = torch.Generator().manual_seed(seed)
+    pick = (torch.rand(draws, m.shape[1], generator=g, dtype=torch.float64) * count).long()
+    sample = ordered.gather(0, pick)  # [draws, E]
+    flagged = (sample > threshold).sum(dim=1)
+    detected = (flagged > tolerance) | (sample.mean(dim=1) > mean_tolerance)
+    return float(detected.double().mean())
