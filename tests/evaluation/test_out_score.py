@@ -14,6 +14,7 @@ from lightning_unlearn.evaluation.functional.out_score import (
     HeldoutMap,
     OutGaussian,
     binomial_mixture_cdf,
+    detection_power,
     fit_heldout_map,
     flagged_tolerance,
     leave_one_out_zscores,
@@ -222,3 +223,72 @@ def test_mean_score_tolerance_matches_exact_and_normal_laws() -> None:
         mean_score_tolerance(torch.tensor([[0.0], [math.nan]]), 3)
     with pytest.raises(ValueError, match="size"):
         mean_score_tolerance(null, 0)
+
+
+def test_member_draws_are_the_same_scores_on_the_in_entries() -> None:
+    values, out_mask = _table()
+    g = torch.Generator().manual_seed(4)
+    held = torch.randn(8, 40, generator=g, dtype=torch.float64) + torch.linspace(-2, 2, 40)
+    assert not out_mask[3, 5]
+    values[3, 5] = math.nan  # a member entry with no score: no draw
+    null = leave_one_out_zscores(values, out_mask, heldout=held)
+    member = leave_one_out_zscores(values, out_mask, heldout=held, members=True)
+    assert not bool((~null.isnan() & ~member.isnan()).any()), "an entry is both OUT and IN"
+    pooled = _pooled(values, out_mask)
+    for j in range(8):
+        keep = [m for m in range(8) if m != j]
+        h_pooled = _pooled(held[keep], torch.ones(7, 40, dtype=torch.bool))
+        h_scale = np.array(
+            [_shrunk(held[keep, h].tolist(), h_pooled, 2.0)[1] for h in range(40)]
+        ) * math.sqrt(1 + 1 / 7)
+        a, b, c = _numpy_map(held[j].numpy(), held[keep].mean(0).numpy(), h_scale)
+        for i in range(values.shape[1]):
+            outs = [values[m, i].item() for m in range(8) if m != j and out_mask[m, i]]
+            if out_mask[j, i] or math.isnan(values[j, i].item()) or not outs:
+                assert math.isnan(member[j, i].item())
+                continue
+            mean, std = _shrunk(outs, pooled, 2.0)
+            want = (values[j, i].item() - a - b * mean) / (c * std * math.sqrt(1 + 1 / len(outs)))
+            assert member[j, i].item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def _exact_power(columns: list[list[float]], threshold: float, tol: int, mean_tol: float) -> float:
+    """Enumerate every choice of one draw per example (each example's draws equally likely)."""
+    import itertools
+
+    hits = total = 0
+    for combo in itertools.product(*columns):
+        total += 1
+        flagged = sum(x > threshold for x in combo)
+        hits += flagged > tol or sum(combo) / len(combo) > mean_tol
+    return hits / total
+
+
+@pytest.mark.parametrize(("tol", "mean_tol"), [(0, 9.0), (1, 9.0), (5, 0.8)])
+def test_detection_power_matches_exact_enumeration(tol: int, mean_tol: float) -> None:
+    g = torch.Generator().manual_seed(11)
+    table = torch.randn(6, 5, generator=g, dtype=torch.float64) + 1.0
+    table[torch.rand(6, 5, generator=g) < 0.3] = math.nan
+    table[0] = torch.randn(5, generator=g, dtype=torch.float64)  # every column has a draw
+    columns = [[x for x in table[:, e].tolist() if not math.isnan(x)] for e in range(5)]
+    exact = _exact_power(columns, 1.5, tol, mean_tol)
+    draws = 40_000
+    got = detection_power(
+        table, threshold=1.5, tolerance=tol, mean_tolerance=mean_tol, draws=draws, seed=3
+    )
+    # A binomial proportion of `draws` trials: 5 standard errors (plus the exact 0 / 1 cases).
+    assert abs(got - exact) <= 5 * math.sqrt(exact * (1 - exact) / draws) + 1e-12
+    again = detection_power(
+        table, threshold=1.5, tolerance=tol, mean_tolerance=mean_tol, draws=draws, seed=3
+    )
+    assert again == got  # seeded
+
+
+def test_detection_power_refuses_what_it_cannot_estimate() -> None:
+    table = torch.tensor([[1.0, math.nan], [2.0, math.nan]])
+    with pytest.raises(ValueError, match=r"columns \[1\] have none"):
+        detection_power(table, threshold=1.0, tolerance=0, mean_tolerance=1.0)
+    with pytest.raises(ValueError, match="E >= 1"):
+        detection_power(torch.zeros(3, 0), threshold=1.0, tolerance=0, mean_tolerance=1.0)
+    with pytest.raises(ValueError, match="draws"):
+        detection_power(table[:, :1], threshold=1.0, tolerance=0, mean_tolerance=1.0, draws=0)

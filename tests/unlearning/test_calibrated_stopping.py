@@ -24,6 +24,7 @@ from lightning_unlearn.evaluation.functional.out_score import (
     leave_one_out_zscores,
     out_gaussian,
 )
+from lightning_unlearn.integrity import CHECKSUM_KEY, save_verified
 from lightning_unlearn.unlearning import (
     ForgetTrajectoryRecorder,
     UnlearningModule,
@@ -172,11 +173,50 @@ def test_rule_file_round_trip_and_integrity(setup: dict[str, Any], tmp_path: Pat
         assert torch.equal(a, b)
     assert back.heldout_ids is not None
     assert torch.equal(back.heldout_ids, setup["held"][1])
+    assert rule.member is not None
+    assert back.member is not None
+    assert torch.equal(back.member.nan_to_num(7.0), rule.member.nan_to_num(7.0))
+    ids = torch.tensor([1, 4, 9, 20])
+    assert back.power(ids) == rule.power(ids)
+    older = {
+        key: v
+        for key, v in torch.load(path, weights_only=True).items()
+        if key not in ("member", CHECKSUM_KEY)
+    }
+    legacy = OutRule.load(save_verified(older, tmp_path / "legacy.pt"))  # before member draws
+    assert legacy.member is None
+    assert legacy.power(ids) is None
     payload = torch.load(path, weights_only=True)
     payload["rates"] = payload["rates"] * 0
     torch.save(payload, path)
     with pytest.raises(IntegrityError, match="checksum"):
         OutRule.load(path)
+
+
+def _synthetic_stats(shift: float, k: int = 8, n: int = 80) -> ReferenceStatistics:
+    """Members' values are the OUT law's plus ``shift`` (0: membership leaves no trace)."""
+    g = torch.Generator().manual_seed(21)
+    level = torch.linspace(-1.0, 3.0, n, dtype=torch.float64)
+    in_mask = torch.zeros(k, n, dtype=torch.bool)
+    for i in range(n):  # every example IN for exactly half of the models
+        in_mask[torch.randperm(k, generator=g)[: k // 2], i] = True
+    phi = level + torch.randn(k, n, generator=g, dtype=torch.float64) + shift * in_mask
+    return ReferenceStatistics(phi, -phi, in_mask)
+
+
+def test_power_tells_a_visible_membership_from_an_invisible_one() -> None:
+    ids = torch.arange(0, 80, 8)  # 10 examples
+    visible = OutRule.from_reference(_synthetic_stats(shift=6.0))
+    invisible = OutRule.from_reference(_synthetic_stats(shift=0.0))
+    p_visible, p_invisible = visible.power(ids), invisible.power(ids)
+    assert p_visible is not None
+    assert p_invisible is not None
+    assert p_visible > 0.99
+    # Members drawn like non-members: the rule rejects them about as often as it rejects a
+    # never-trained-on set (each tolerance at level 0.05, so at most ~0.1; Monte Carlo slack).
+    assert p_invisible < 0.2
+    assert visible.verify(visible.law.mean[ids], ids)["power"] == p_visible
+    assert dataclasses.replace(visible, member=None).power(ids) is None
 
 
 @pytest.mark.ddp

@@ -115,6 +115,9 @@ def test_a_calibrated_run_reports_and_logs(setup: dict[str, Any], tmp_path: Path
     tags = set(events.Tags()["scalars"])
     assert {"request/steps_used", "request/compute_fraction", "unlearn/out_flagged"} <= tags
     assert events.Scalars("request/steps_used")[-1].value == 8.0
+    # Every member draw exceeds a threshold of -50 and no flag is tolerated: power exactly 1.
+    assert report.verification_before["power"] == 1.0
+    assert events.Scalars("request/detection_power")[-1].value == 1.0
 
 
 def test_a_set_already_out_costs_nothing(setup: dict[str, Any]) -> None:
@@ -129,6 +132,23 @@ def test_a_set_already_out_costs_nothing(setup: dict[str, Any]) -> None:
     assert math.isclose(report.compute_fraction, 0.0)
 
 
+def test_a_set_already_out_under_a_powerless_rule_says_so(setup: dict[str, Any]) -> None:
+    # No example can be flagged (threshold 50) and the null's mean tolerance is huge: every
+    # set looks OUT, members included, so the rule has no power at all.
+    rule = OutRule.from_reference(setup["stats"], threshold=50.0)
+    assert rule.null is not None
+    rule = dataclasses.replace(rule, null=torch.where(rule.null.isnan(), rule.null, 1e3))
+    _, report = calibrated_unlearn(
+        setup["model"], setup["dm"], rule, steps=10, retrain_steps=60, trainer_kwargs=TRAINER
+    )
+    assert report.stop_reason == "already_out"
+    assert report.verification_before["power"] == 0.0
+    assert report.reason == (
+        "the forget set already looks OUT (but the rule's detection power on it is only 0%)"
+    )
+    assert "caution: low power" in report.to_markdown()
+
+
 def test_markdown_cautions_about_extrapolated_examples() -> None:
     verdict = {"size": 4, "flagged": 1, "tolerance": 1, "mean_score": 0.2, "mean_tolerance": 0.9}
     report = RequestReport(
@@ -141,3 +161,20 @@ def test_markdown_cautions_about_extrapolated_examples() -> None:
     assert "mean score 0.20 (tolerance 0.90)" in text
     clean = dataclasses.replace(report, verification_before={**verdict, "extrapolated_ids": []})
     assert "caution" not in clean.to_markdown()
+
+
+def test_markdown_states_the_detection_power() -> None:
+    verdict = {"size": 4, "flagged": 0, "tolerance": 1, "mean_score": 0.2, "mean_tolerance": 0.9}
+    report = RequestReport(
+        num_forget=4, method="finetune", budget={"steps": 3, "source": "fixed"},
+        retrain_steps=60, recommendation="unlearn", reason="test",
+        verification_before={**verdict, "power": 0.9},
+    )  # fmt: skip
+    text = report.to_markdown()
+    assert "- detection power: 90%" in text
+    assert "low power" not in text
+    weak = dataclasses.replace(report, verification_before={**verdict, "power": 0.3})
+    assert "- detection power: 30%" in weak.to_markdown()
+    assert "caution: low power" in weak.to_markdown()
+    unknown = dataclasses.replace(report, verification_before=verdict)
+    assert "detection power" not in unknown.to_markdown()
