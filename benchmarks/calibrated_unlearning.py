@@ -462,6 +462,16 @@ def _power_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"looks_out_{name}_power_under_unlearned"] = sum(
             r["judge"]["under_unlearned"] for r in group
         )
+    # How far short the misses fall: the forget loss below the oracles' band, relative to it.
+    short = [
+        (j["band"][0] - j["value"]) / j["band"][0]
+        for r in rows
+        if "judge" in r
+        for j in [r["judge"]["forget_loss"]]
+        if j["value"] < j["band"][0] and j["band"][0] > 0
+    ]
+    out["forget_loss_shortfall_median"] = statistics.median(short) if short else None
+    out["forget_loss_shortfall_max"] = max(short) if short else None
     powers = [r["report"]["verification_before"].get("power") for r in rows]
     known = [p for p in powers if p is not None]
     out["median_power"] = statistics.median(known) if known else None
