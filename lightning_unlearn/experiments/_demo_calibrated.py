@@ -295,6 +295,7 @@ def _request(
         "mean_tolerance": before["mean_tolerance"],
         "mean_score_before": before["mean_score"],
         "mean_score_after": after.get("mean_score"),
+        "power": before.get("power"),
         "compute_fraction": report.compute_fraction,
         "steps_to_oracle": reached,
         "seconds": round(seconds, 2),

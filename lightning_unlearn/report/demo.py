@@ -181,8 +181,10 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
         "THEORY §6's steps-to-unlearn: the first step where the forget set's mean loss is "
         f"within τ={summary['tau']} of the retrained oracle's (–: never; a request that "
         "stopped, or was already OUT, with – here ended further from the oracle than τ: the "
-        "OUT rule and the oracle disagree). Per request: `requests/<set>_<method>/request.json`"
-        " and `.md`."
+        "OUT rule and the oracle disagree). 'Detection power' is how often the rule sees the "
+        "set as trained on when it still is, by the reference models' own members: where it is "
+        "low, 'already OUT' is weak evidence. Per request: "
+        "`requests/<set>_<method>/request.json` and `.md`."
     )
     r.add_table(
         [
@@ -195,6 +197,7 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
             "stop reason",
             "flagged before → after (tolerance)",
             "mean score before → after (tolerance)",
+            "detection power",
             "compute / retraining",
             "steps to oracle level",
         ],
@@ -209,6 +212,7 @@ def _add_requests(r: Report, summary: dict[str, Any]) -> None:
                 x["stop_reason"],
                 _flagged(x),
                 _mean(x),
+                "–" if x.get("power") is None else f"{x['power']:.0%}",
                 f"{x['compute_fraction']:.1%}",
                 None if x["steps_to_oracle"] < 0 else x["steps_to_oracle"],
             ]

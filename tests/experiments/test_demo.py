@@ -73,6 +73,8 @@ def check_row(out: Path, row: dict[str, Any], source: str) -> None:
     assert report["steps_used"] == row["steps"]
     assert report["verification_before"]["flagged"] == row["flagged_before"]
     assert row["tolerance"] == report["verification_before"]["tolerance"]
+    assert row["power"] == report["verification_before"]["power"]
+    assert 0.0 <= row["power"] <= 1.0
     assert row["retrain_steps"] == 2 * math.ceil((1258 - 8) / 64)
     assert row["compute_fraction"] == pytest.approx(row["steps"] / row["retrain_steps"])
     check_metrics(row["original"])
