@@ -169,27 +169,43 @@ def test_heldout_map_equals_weighted_polyfit_and_recovers_a_known_map() -> None:
     assert HeldoutMap(0.5, 1.0, 2.0).as_dict() == {"intercept": 0.5, "slope": 1.0, "scale": 2.0}
 
 
+def _loo_by_loop(
+    values: torch.Tensor, out_mask: torch.Tensor, held: torch.Tensor
+) -> dict[tuple[int, int], float | None]:
+    """Model j's score on example i against the other OUT models, read through j's held-out
+    map against the other models (None: no other OUT model), written out entry by entry."""
+    k, n = values.shape
+    h = held.shape[1]
+    pooled = _pooled(values, out_mask)
+    want: dict[tuple[int, int], float | None] = {}
+    for j in range(k):
+        keep = [m for m in range(k) if m != j]
+        h_pooled = _pooled(held[keep], torch.ones(k - 1, h, dtype=torch.bool))
+        h_scale = np.array(
+            [_shrunk(held[keep, x].tolist(), h_pooled, 2.0)[1] for x in range(h)]
+        ) * math.sqrt(1 + 1 / (k - 1))
+        a, b, c = _numpy_map(held[j].numpy(), held[keep].mean(0).numpy(), h_scale)
+        for i in range(n):
+            others = [values[m, i].item() for m in keep if out_mask[m, i]]
+            if not others:
+                want[j, i] = None
+                continue
+            mean, std = _shrunk(others, pooled, 2.0)
+            scale = c * std * math.sqrt(1 + 1 / len(others))
+            want[j, i] = (values[j, i].item() - a - b * mean) / scale
+    return want
+
+
 def test_leave_one_out_with_heldout_maps_matches_a_loop() -> None:
     values, out_mask = _table()
     g = torch.Generator().manual_seed(3)
     held = torch.randn(8, 40, generator=g, dtype=torch.float64) + torch.linspace(-2, 2, 40)
     held[2] = held[2] * 1.3 + 0.5  # one model more confident on unseen data
     z = leave_one_out_zscores(values, out_mask, heldout=held)
-    pooled = _pooled(values, out_mask)
-    for j in range(8):
-        keep = [m for m in range(8) if m != j]
-        h_pooled = _pooled(held[keep], torch.ones(7, 40, dtype=torch.bool))
-        h_scale = np.array(
-            [_shrunk(held[keep, h].tolist(), h_pooled, 2.0)[1] for h in range(40)]
-        ) * math.sqrt(1 + 1 / 7)
-        a, b, c = _numpy_map(held[j].numpy(), held[keep].mean(0).numpy(), h_scale)
-        for i in range(values.shape[1]):
-            others = [values[m, i].item() for m in range(8) if m != j and out_mask[m, i]]
-            if not out_mask[j, i] or not others:
-                assert math.isnan(z[j, i].item())
-                continue
-            mean, std = _shrunk(others, pooled, 2.0)
-            want = (values[j, i].item() - a - b * mean) / (c * std * math.sqrt(1 + 1 / len(others)))
+    for (j, i), want in _loo_by_loop(values, out_mask, held).items():
+        if not out_mask[j, i] or want is None:
+            assert math.isnan(z[j, i].item())
+        else:
             assert z[j, i].item() == pytest.approx(want, rel=1e-9, abs=1e-9)
     with pytest.raises(ValueError, match="held-out values of 8 models"):
         leave_one_out_zscores(values, out_mask, heldout=held[:3])
@@ -234,21 +250,10 @@ def test_member_draws_are_the_same_scores_on_the_in_entries() -> None:
     null = leave_one_out_zscores(values, out_mask, heldout=held)
     member = leave_one_out_zscores(values, out_mask, heldout=held, members=True)
     assert not bool((~null.isnan() & ~member.isnan()).any()), "an entry is both OUT and IN"
-    pooled = _pooled(values, out_mask)
-    for j in range(8):
-        keep = [m for m in range(8) if m != j]
-        h_pooled = _pooled(held[keep], torch.ones(7, 40, dtype=torch.bool))
-        h_scale = np.array(
-            [_shrunk(held[keep, h].tolist(), h_pooled, 2.0)[1] for h in range(40)]
-        ) * math.sqrt(1 + 1 / 7)
-        a, b, c = _numpy_map(held[j].numpy(), held[keep].mean(0).numpy(), h_scale)
-        for i in range(values.shape[1]):
-            outs = [values[m, i].item() for m in range(8) if m != j and out_mask[m, i]]
-            if out_mask[j, i] or math.isnan(values[j, i].item()) or not outs:
-                assert math.isnan(member[j, i].item())
-                continue
-            mean, std = _shrunk(outs, pooled, 2.0)
-            want = (values[j, i].item() - a - b * mean) / (c * std * math.sqrt(1 + 1 / len(outs)))
+    for (j, i), want in _loo_by_loop(values, out_mask, held).items():
+        if out_mask[j, i] or want is None or math.isnan(want):
+            assert math.isnan(member[j, i].item())
+        else:
             assert member[j, i].item() == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
