@@ -37,7 +37,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -55,6 +54,7 @@ from lightning_unlearn.evaluation.functional.out_score import (
     out_zscores,
 )
 from lightning_unlearn.integrity import load_verified, save_verified
+from lightning_unlearn.unlearning._stop_state import TrajectoryStopCallback
 from lightning_unlearn.unlearning.reference import ReferenceModels, ReferenceModelsError
 from lightning_unlearn.unlearning.reference_stats import Metric, ReferenceStatistics, score_model
 
@@ -395,7 +395,7 @@ class OutRule:
         }
 
 
-class CalibratedStopping(Callback):
+class CalibratedStopping(TrajectoryStopCallback):
     """Stop an unlearning run once the forget set is indistinguishable from never-trained-on.
 
     After every optimizer step (and before the first), the forget set is scored against each
@@ -433,6 +433,8 @@ class CalibratedStopping(Callback):
         0
     """
 
+    _state_version = _STATE_VERSION
+
     def __init__(
         self,
         rule: OutRule,
@@ -451,10 +453,10 @@ class CalibratedStopping(Callback):
         self.rule, self.hold, self.min_steps = rule, hold, min_steps
         self.stop, self.keep_scores = stop, keep_scores
         self._forget_loader, self._heldout_loader = forget_dataloader, heldout_dataloader
-        self.trajectory: list[dict[str, Any]] = []
+        self.trajectory = []
         self.scores: list[Tensor] = []
         self.sample_ids: Tensor | None = None
-        self.stopped_step: int | None = None
+        self.stopped_step = None
         self._run = 0
 
     @property
@@ -535,8 +537,7 @@ class CalibratedStopping(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.stopped_step is not None:
-            trainer.should_stop = True
+        if self._resumed_stopped(trainer):
             return
         if not self.trajectory or self.trajectory[-1]["step"] != trainer.global_step:
             self.check(trainer, pl_module)
@@ -555,21 +556,9 @@ class CalibratedStopping(Callback):
         self.check(trainer, pl_module)
 
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "trajectory": [dict(r) for r in self.trajectory],
-            "stopped_step": self.stopped_step,
-            "run": self._run,
-        }
+    def _extra_state(self) -> dict[str, Any]:
+        return {"run": self._run}
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("version") != _STATE_VERSION or "trajectory" not in state_dict:
-            raise ValueError(
-                f"Expected a CalibratedStopping state of version {_STATE_VERSION}, but got "
-                f"{state_dict.get('version')!r}; resume without this callback's state."
-            )
-        self.trajectory = [dict(r) for r in state_dict["trajectory"]]
-        self.stopped_step = state_dict["stopped_step"]
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._run = int(state_dict["run"])

@@ -6,12 +6,12 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
 from lightning_unlearn.evaluation.functional import loss_mia_auroc, per_example_losses
 from lightning_unlearn.evaluation.functional.adapters import AdapterLike
+from lightning_unlearn.unlearning._stop_state import TrajectoryStopCallback
 
 __all__ = ["LossCalibratedStopping"]
 
@@ -19,7 +19,7 @@ Criterion = Literal["auroc", "loss_gap"]
 _STATE_VERSION = 1
 
 
-class LossCalibratedStopping(Callback):
+class LossCalibratedStopping(TrajectoryStopCallback):
     r"""Stop an unlearning run when the forget set's losses look like those of unseen data.
 
     Every ``check_every_n_steps`` optimizer steps (and once before the first step), the
@@ -76,6 +76,8 @@ class LossCalibratedStopping(Callback):
         True
     """
 
+    _state_version = _STATE_VERSION
+
     def __init__(
         self,
         check_every_n_steps: int = 10,
@@ -109,8 +111,8 @@ class LossCalibratedStopping(Callback):
         self.batch_adapter = batch_adapter
         self._forget_loader = forget_dataloader
         self._heldout_loader = heldout_dataloader
-        self.trajectory: list[dict[str, Any]] = []
-        self.stopped_step: int | None = None
+        self.trajectory = []
+        self.stopped_step = None
 
     @property
     @override
@@ -191,8 +193,7 @@ class LossCalibratedStopping(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.stopped_step is not None:  # resumed after the rule already fired
-            trainer.should_stop = True
+        if self._resumed_stopped(trainer):
             return
         if self.check_on_train_start and trainer.global_step == 0 and not self.trajectory:
             self.check(trainer, pl_module)
@@ -211,21 +212,3 @@ class LossCalibratedStopping(Callback):
             if self.trajectory and self.trajectory[-1]["step"] == step:
                 return  # already checked at this step (gradient accumulation)
             self.check(trainer, pl_module)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "trajectory": [dict(r) for r in self.trajectory],
-            "stopped_step": self.stopped_step,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("version") != _STATE_VERSION or "trajectory" not in state_dict:
-            raise ValueError(
-                f"Expected a LossCalibratedStopping state of version {_STATE_VERSION}, but got "
-                f"{state_dict.get('version')!r}; resume without this callback's state."
-            )
-        self.trajectory = [dict(r) for r in state_dict["trajectory"]]
-        self.stopped_step = state_dict["stopped_step"]
