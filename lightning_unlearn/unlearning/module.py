@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 from typing_extensions import override
@@ -318,6 +319,19 @@ class UnlearningModule(pl.LightningModule):
                 seed=self.seed,
             )
         return SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    @override
+    def on_fit_start(self) -> None:
+        # Lightning keeps every module's mode: a module left in eval mode by an evaluation
+        # would be unlearned with dropout off and BatchNorm frozen, not with its recipe.
+        if not any(m.training for m in self.module.modules()):
+            rank_zero_warn(
+                f"The module to unlearn ({type(self.module).__name__}) is entirely in eval mode "
+                "(left so by an evaluation?); unlearning trains it in training mode, as it was "
+                "trained. To keep some layers in eval mode (e.g. frozen BatchNorm), set just "
+                "those with `.eval()`."
+            )
+            self.module.train()
 
     @override
     def on_train_start(self) -> None:

@@ -26,7 +26,9 @@ def fresh_copy(module: M, seed: int = 0) -> M:
         seed: seed of the new initialisation.
 
     Returns:
-        The copy, detached from any trainer.
+        The copy, detached from any trainer and in training mode, as a newly built module is
+        (a module evaluated last is in eval mode; its oracle must train with dropout and
+        BatchNorm in their training behaviour, the recipe's).
 
     Example:
         >>> import torch, lightning.pytorch as pl
@@ -52,7 +54,7 @@ def fresh_copy(module: M, seed: int = 0) -> M:
         reset = getattr(sub, "reset_parameters", None)
         if callable(reset) and isinstance(sub, nn.Module):
             reset()
-    return clone
+    return clone.train()
 
 
 def train_oracle(

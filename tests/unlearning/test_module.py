@@ -134,3 +134,33 @@ def test_bad_modules_and_arguments_get_named_errors() -> None:
         UnlearningModule(NoLoss()).retain_loss(_batch(ds, [0, 1]), 0)
     with pytest.raises(ValueError, match="forget batch"):
         UnlearningModule(Tiny(), method="neggrad").training_step(_batch(ds, [0, 1]), 0)
+
+
+class _Dropped(Tiny):
+    """Records whether its dropout was in training mode at every forward with gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.modes.append(self.drop.training)
+        return self.fc(self.drop(x))
+
+
+@pytest.mark.parametrize("method", ["finetune", "sgld"])
+def test_a_module_left_in_eval_mode_is_unlearned_in_training_mode(method: str) -> None:
+    dm = ForgetRetainDataModule(IndexedDataset(_data()), [0, 6, 9], heldout=8, batch_size=8)
+    net = _Dropped().eval()  # e.g. after the user evaluated it
+    unlearner = UnlearningModule(net, method=method, lr=0.05)
+    with pytest.warns(UserWarning, match="entirely in eval mode"):
+        quiet_trainer(max_steps=3).fit(unlearner, datamodule=dm)
+    assert len(net.modes) == 3
+    assert all(net.modes)
+    # A module with one layer set to eval on purpose keeps it so (Lightning's own rule).
+    frozen = _Dropped()
+    frozen.drop.eval()
+    quiet_trainer(max_steps=2).fit(UnlearningModule(frozen, method=method, lr=0.05), datamodule=dm)
+    assert frozen.modes == [False, False]
