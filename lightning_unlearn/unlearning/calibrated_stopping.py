@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 from lightning_unlearn.evaluation.functional.out_score import (
     IDENTITY_MAP,
     HeldoutMap,
@@ -75,17 +76,22 @@ class ReferenceCoverageError(ReferenceModelsError):
 
 
 def reference_heldout_values(
-    refs: ReferenceModels, heldout_dataloader: Any, metric: Metric = "phi"
+    refs: ReferenceModels,
+    heldout_dataloader: Any,
+    metric: Metric = "phi",
+    *,
+    batch_adapter: AdapterLike | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(values [K, H], heldout_ids [H])`` of every reference model on a held-out set.
 
     No reference model trained on held-out data, so these values show how confident models of
     the recipe are on unseen data (:func:`~lightning_unlearn.evaluation.functional.out_score.
-    fit_heldout_map`). Sorted by id.
+    fit_heldout_map`). Sorted by id. ``batch_adapter`` reads the batches (default: ``(x, y,
+    ...)`` or Hugging Face dicts; see :mod:`~lightning_unlearn.evaluation.functional.adapters`).
     """
     rows, ids = [], None
     for module in refs.modules:
-        phi, loss, got = score_model(module, heldout_dataloader)
+        phi, loss, got = score_model(module, heldout_dataloader, batch_adapter=batch_adapter)
         order = got.cpu().argsort()
         rows.append((phi if metric == "phi" else loss).double().cpu()[order])
         ids = got.cpu()[order].long()
@@ -419,6 +425,9 @@ class CalibratedStopping(TrajectoryStopCallback):
             when the rule has a held-out law).
         stop: ``False`` only observes (records and logs, never stops).
         keep_scores: keep the per-example scores of every step in :attr:`scores`.
+        batch_adapter: how to read the forget and held-out batches (default: the
+            ``batch_adapter`` of the :class:`~lightning_unlearn.UnlearningModule` being trained,
+            else ``(x, y, ...)`` or Hugging Face dicts).
 
     Raises:
         ValueError: ``hold`` or ``min_steps`` out of range.
@@ -445,6 +454,7 @@ class CalibratedStopping(TrajectoryStopCallback):
         heldout_dataloader: Iterable[Any] | None = None,
         stop: bool = True,
         keep_scores: bool = False,
+        batch_adapter: AdapterLike | None = None,
     ) -> None:
         if not isinstance(hold, int) or hold < 0:
             raise ValueError(f"Expected `hold` to be an int >= 0, but got {hold!r}.")
@@ -452,6 +462,7 @@ class CalibratedStopping(TrajectoryStopCallback):
             raise ValueError(f"Expected `min_steps` to be an int >= 0, but got {min_steps!r}.")
         self.rule, self.hold, self.min_steps = rule, hold, min_steps
         self.stop, self.keep_scores = stop, keep_scores
+        self.batch_adapter = batch_adapter
         self._forget_loader, self._heldout_loader = forget_dataloader, heldout_dataloader
         self.trajectory = []
         self.scores: list[Tensor] = []
@@ -490,12 +501,13 @@ class CalibratedStopping(TrajectoryStopCallback):
     def measure(self, model: nn.Module, trainer: pl.Trainer) -> tuple[Tensor, Tensor, HeldoutMap]:
         """``(scores [E], sample_ids [E], held-out map)`` of ``model`` now (overridable)."""
         forget, heldout = self._loaders(trainer)
-        phi, loss, ids = score_model(model, forget)
+        adapter = self.batch_adapter or getattr(trainer.lightning_module, "batch_adapter", None)
+        phi, loss, ids = score_model(model, forget, batch_adapter=adapter)
         values = phi if self.rule.metric == "phi" else loss
         ids = self.rule.check_ids(ids)
         hmap = IDENTITY_MAP
         if heldout is not None:
-            h_phi, h_loss, h_ids = score_model(model, heldout)
+            h_phi, h_loss, h_ids = score_model(model, heldout, batch_adapter=adapter)
             hmap = self.rule.heldout_map(
                 h_phi if self.rule.metric == "phi" else h_loss, h_ids.cpu()
             )

@@ -31,6 +31,7 @@ import torch
 
 from lightning_unlearn.accounting import PrivacyLedger, UnlearningConstants
 from lightning_unlearn.data.splits import ForgetRetainDataModule
+from lightning_unlearn.evaluation.functional.adapters import AdapterLike
 from lightning_unlearn.evaluation.functional.out_score import IDENTITY_MAP
 from lightning_unlearn.integrity import atomic_write
 from lightning_unlearn.unlearning.budget import budget_cap, compute_budget
@@ -307,14 +308,21 @@ def _num(x: float | None) -> str:
 
 
 def verify_forget_set(
-    rule: OutRule, model: torch.nn.Module, dm: ForgetRetainDataModule
+    rule: OutRule,
+    model: torch.nn.Module,
+    dm: ForgetRetainDataModule,
+    *,
+    batch_adapter: AdapterLike | None = None,
 ) -> dict[str, Any]:
-    """:meth:`OutRule.verify` of ``model`` on ``dm``'s forget set (map from its held-out set)."""
-    phi, loss, ids = score_model(model, dm.forget_dataloader())
+    """:meth:`OutRule.verify` of ``model`` on ``dm``'s forget set (map from its held-out set),
+    its batches read by ``batch_adapter`` (default: ``(x, y, ...)`` or Hugging Face dicts)."""
+    phi, loss, ids = score_model(model, dm.forget_dataloader(), batch_adapter=batch_adapter)
     values = phi if rule.metric == "phi" else loss
     hmap = IDENTITY_MAP
     if rule.heldout_law is not None:
-        h_phi, h_loss, h_ids = score_model(model, dm.heldout_dataloader())
+        h_phi, h_loss, h_ids = score_model(
+            model, dm.heldout_dataloader(), batch_adapter=batch_adapter
+        )
         hmap = rule.heldout_map(h_phi if rule.metric == "phi" else h_loss, h_ids.cpu())
     return rule.verify(values, ids.cpu(), hmap)
 
@@ -337,6 +345,7 @@ def calibrated_unlearn(
     output_dir: str | os.PathLike[str] | None = None,
     trainer: pl.Trainer | None = None,
     unlearner: UnlearningModule | None = None,
+    batch_adapter: AdapterLike | None = None,
     **unlearning_kwargs: Any,
 ) -> tuple[pl.LightningModule | None, RequestReport]:
     """Unlearn a deletion request with the calibrated stop rule, or say it should be retrained.
@@ -365,6 +374,10 @@ def calibrated_unlearn(
         unlearner: a caller's :class:`~lightning_unlearn.UnlearningModule` whose ``module``
             is ``model`` (unlearned in place: keep a copy), instead of one built from
             ``method`` and ``unlearning_kwargs``.
+        batch_adapter: how every evaluation of the request (the OUT verifications, the stop
+            rule, the split metrics) and the unlearning run read a batch (default: the
+            ``unlearner``'s, else ``(x, y, ...)`` or Hugging Face dicts; see
+            :mod:`~lightning_unlearn.evaluation.functional.adapters`).
         **unlearning_kwargs: :class:`~lightning_unlearn.UnlearningModule` arguments (``lr``).
 
     Returns:
@@ -381,7 +394,9 @@ def calibrated_unlearn(
         if not isinstance(recorded, int) or recorded <= 0:
             raise ValueError("Expected `retrain_steps=` or a ledger that records its run length.")
         retrain_steps = recorded
-    before = verify_forget_set(rule, model, datamodule)
+    if batch_adapter is None and unlearner is not None:
+        batch_adapter = unlearner.batch_adapter
+    before = verify_forget_set(rule, model, datamodule, batch_adapter=batch_adapter)
     budget = resolve_budget(
         ledger,
         datamodule,
@@ -413,17 +428,20 @@ def calibrated_unlearn(
         power = before.get("power")
         if power is not None and power < LOW_POWER:
             report.reason += f" (but the rule's detection power on it is only {power:.0%})"
-        report.before = report.after = evaluate_splits(model, datamodule)
+        report.before = report.after = evaluate_splits(
+            model, datamodule, batch_adapter=batch_adapter
+        )
         report.verification_after = report.verification_before
         report.ran, report.stop_reason, report.arrival_step = True, "already_out", 0
     elif choice == "retrain" and not run_anyway:
-        report.before = evaluate_splits(model, datamodule)
+        report.before = evaluate_splits(model, datamodule, batch_adapter=batch_adapter)
     else:  # the budget bounds the arrival; the hold window's steps confirm it
         limit = budget.steps + hold if budget.steps is not None and choice == "unlearn" else None
         student = _run(
             report, model, datamodule, rule, hold=hold, seed=seed, method=method,
             limit=retrain_steps if limit is None else limit, trainer=trainer,
-            trainer_kwargs=trainer_kwargs, unlearner=unlearner, **unlearning_kwargs,
+            trainer_kwargs=trainer_kwargs, unlearner=unlearner, batch_adapter=batch_adapter,
+            **unlearning_kwargs,
         )  # fmt: skip
         _escalate(report)
     if trainer is not None and report.stop_reason in ("already_out", "not_run"):  # no fit: log now
@@ -466,15 +484,22 @@ def _run(
     trainer: pl.Trainer | None,
     trainer_kwargs: Mapping[str, Any] | None,
     unlearner: UnlearningModule | None,
+    batch_adapter: AdapterLike | None = None,
     **unlearning_kwargs: Any,
 ) -> pl.LightningModule:
     """Unlearn within ``limit`` steps under the calibrated stop rule; fill in ``report``."""
     pl.seed_everything(seed, verbose=False)
     if unlearner is None:
         student = copy.deepcopy(model).train()
-        unlearner = UnlearningModule(student, method=method, seed=seed, **unlearning_kwargs)  # type: ignore[arg-type]
+        unlearner = UnlearningModule(
+            student,
+            method=method,  # type: ignore[arg-type]
+            seed=seed,
+            batch_adapter=batch_adapter,
+            **unlearning_kwargs,
+        )
     student = unlearner.module
-    stopper = CalibratedStopping(rule, hold=hold)
+    stopper = CalibratedStopping(rule, hold=hold, batch_adapter=batch_adapter)
     if trainer is None:
         settings: dict[str, Any] = {
             "max_steps": int(limit),
@@ -499,7 +524,9 @@ def _run(
     report.steps_used = result.steps
     report.stop_reason = result.stop_reason
     report.before, report.after = result.before, result.after
-    report.verification_after = verify_forget_set(rule, student, datamodule)
+    report.verification_after = verify_forget_set(
+        rule, student, datamodule, batch_adapter=batch_adapter
+    )
     report.compute_fraction = result.steps / report.retrain_steps
     report.arrival_step = stopper.arrival_step
     for logger in trainer.loggers:

@@ -128,7 +128,7 @@ class BatchAdapter:
 
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
         """The model's output logits on ``inputs`` (moved to the model's device)."""
-        return model(to_device(inputs, _device(model)))
+        return _logits_of(model(to_device(inputs, _device(model))))
 
     def loss(self, logits: Tensor, targets: Tensor | None) -> Tensor:
         """Per-example loss ``[B]``; default cross-entropy of ``[B, C]`` logits."""
@@ -150,6 +150,23 @@ class BatchAdapter:
         if targets is not None:
             targets = targets.to(logits.device)
         return ExampleOutputs(self.loss(logits, targets), logits, targets)
+
+
+def _logits_of(out: Any) -> Tensor:
+    """The logits of a model's output: the output itself, or its ``.logits`` / ``["logits"]``
+    (a Hugging Face ``ModelOutput``). Anything else (an RNN's ``(output, hidden)`` tuple, a
+    loss) is refused by name: guessing which part holds the logits could score the wrong one."""
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, Mapping):
+        logits = out.get("logits")
+    logits = out if logits is None else logits
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"Expected the model to return logits (a tensor, or an output with `.logits`), "
+            f"but got {type(out).__name__}; return the logits from `forward`, or pass your own "
+            "`batch_adapter=`."
+        )
+    return logits
 
 
 def _first_key(batch: Mapping[str, Any], keys: tuple[str, ...], what: str) -> str:
@@ -269,17 +286,7 @@ class HFAdapter(BatchAdapter):
         return batch[self.label_key]
 
     def forward(self, model: nn.Module, inputs: Any) -> Tensor:
-        out = model(**to_device(inputs, _device(model)))
-        logits = getattr(out, "logits", None)
-        if logits is None and isinstance(out, Mapping):
-            logits = out.get("logits")
-        logits = out if logits is None else logits
-        if not isinstance(logits, Tensor):
-            raise TypeError(
-                f"Expected the model to return logits (a tensor, or an output with `.logits`), "
-                f"but got {type(out).__name__}; pass your own `batch_adapter=`."
-            )
-        return logits
+        return _logits_of(model(**to_device(inputs, _device(model))))
 
     def with_targets(self, batch: Any, targets: Tensor) -> Any:
         return {**batch, self.label_key: targets}
