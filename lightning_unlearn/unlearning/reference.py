@@ -433,7 +433,30 @@ class ReferenceModels:
 
         Returns:
             :class:`~lightning_unlearn.unlearning.reference_stats.ReferenceStatistics`.
+
+        Raises:
+            ReferenceModelsError: the loader's data set is not the one the models were trained
+                on (its fingerprint differs from the manifest's): its ids would index other
+                examples, e.g. positions in a ``Subset`` of the training set.
         """
+        self._check_loader_data(dataloader)
         return compute_statistics(
             self.modules, self.in_mask, dataloader, batch_adapter=batch_adapter
         )
+
+    def _check_loader_data(self, dataloader: Any) -> None:
+        expected = self.manifest.get("fingerprint")
+        dataset = getattr(dataloader, "dataset", None)
+        if expected is None or dataset is None or not hasattr(dataset, "__getitem__"):
+            return  # nothing to compare (an iterable data set, or a hand-made list of batches)
+        try:
+            got = dataset_fingerprint(dataset, int(self.manifest["num_samples"]))
+        except (TypeError, IndexError, KeyError, NotImplementedError):
+            return
+        if got != expected:
+            raise ReferenceModelsError(
+                f"Expected the loader to read the reference models' training set (fingerprint "
+                f"{expected}), but its data set ({type(dataset).__name__}) has fingerprint {got}; "
+                "score the training set itself, in any order (e.g. `DataLoader(IndexedDataset("
+                "train_set))`): the ids of another data set or of a `Subset` index other examples."
+            )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from lightning_unlearn.data import IndexedDataset
 from lightning_unlearn.errors import ForgetSetError
@@ -179,6 +179,14 @@ def test_train_resume_and_statistics(tmp_path) -> None:
         ref = scipy.stats.norm.logpdf(phi[0, i], phi[mask[:, i], i].mean(), sd_in)
         ref -= scipy.stats.norm.logpdf(phi[0, i], phi[~mask[:, i], i].mean(), sd_out)
         assert value == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    # A loader over a Subset (ids = positions in it) or another data set would put values in
+    # the wrong columns: refused by the manifest's fingerprint. The plain data set is fine.
+    perm = torch.randperm(NUM, generator=torch.Generator().manual_seed(0)).tolist()
+    with pytest.raises(ReferenceModelsError, match=r"fingerprint.*Subset"):
+        again.statistics(DataLoader(Subset(data, perm), batch_size=50))
+    plain = again.statistics(DataLoader(data, batch_size=50))  # ids from the sequential order
+    # Other batches, the same columns: equal up to float32 rounding of the logits (see above).
+    torch.testing.assert_close(plain.phi, stats.phi, rtol=0.0, atol=2e-5)
     stats.save(tmp_path / "stats.pt")
     loaded = ReferenceStatistics.load(tmp_path / "stats.pt")
     assert torch.equal(loaded.phi, stats.phi)
