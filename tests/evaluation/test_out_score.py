@@ -297,3 +297,14 @@ def test_detection_power_refuses_what_it_cannot_estimate() -> None:
         detection_power(torch.zeros(3, 0), threshold=1.0, tolerance=0, mean_tolerance=1.0)
     with pytest.raises(ValueError, match="draws"):
         detection_power(table[:, :1], threshold=1.0, tolerance=0, mean_tolerance=1.0, draws=0)
+
+
+def test_detection_power_in_chunks_is_the_same_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_unlearn.evaluation.functional.out_score as out_score
+
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(6, 300, generator=g, dtype=torch.float64) + 0.3
+    args = {"threshold": 2.0, "tolerance": 5, "mean_tolerance": 0.35, "draws": 3000}
+    whole = detection_power(table, **args)  # type: ignore[arg-type]
+    monkeypatch.setattr(out_score, "_POWER_CHUNK", 1000)  # 3 draws at a time (1000 // 300)
+    assert detection_power(table, **args) == whole  # type: ignore[arg-type]

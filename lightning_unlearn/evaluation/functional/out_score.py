@@ -52,6 +52,7 @@ __all__ = [
 
 
 _MAD_TO_SD = NormalDist().inv_cdf(0.75)  # a normal law's MAD / sd
+_POWER_CHUNK = 1 << 22  # Monte Carlo scores drawn at once by detection_power (32 MiB)
 
 
 class OutGaussian(NamedTuple):
@@ -548,8 +549,13 @@ def detection_power(
         )
     ordered = m.sort(dim=0).values  # NaN sorts last: the first count[e] rows are the draws
     g = torch.Generator().manual_seed(seed)
-    pick = (torch.rand(draws, m.shape[1], generator=g, dtype=torch.float64) * count).long()
-    sample = ordered.gather(0, pick)  # [draws, E]
-    flagged = (sample > threshold).sum(dim=1)
-    detected = (flagged > tolerance) | (sample.mean(dim=1) > mean_tolerance)
-    return float(detected.double().mean())
+    detected = 0
+    chunk = max(1, _POWER_CHUNK // m.shape[1])  # bounded memory for large forget sets
+    for start in range(0, draws, chunk):
+        rows = min(chunk, draws - start)
+        pick = (torch.rand(rows, m.shape[1], generator=g, dtype=torch.float64) * count).long()
+        sample = ordered.gather(0, pick)  # [rows, E]
+        flagged = (sample > threshold).sum(dim=1)
+        hit = (flagged > tolerance) | (sample.mean(dim=1) > mean_tolerance)
+        detected += int(hit.sum())
+    return detected / draws
