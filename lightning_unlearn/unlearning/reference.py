@@ -153,7 +153,8 @@ class _SaveOnTrainEnd(Callback):
         trainer.strategy.barrier("lightning_unlearn.reference_saved")
 
 
-def _training_dataset(data: Dataset | pl.LightningDataModule) -> IndexedDataset:
+def _training_dataset(data: Dataset | pl.LightningDataModule) -> tuple[IndexedDataset, bool]:
+    """The training set with ids, and whether this function attached them."""
     if isinstance(data, pl.LightningDataModule):
         data.prepare_data()
         data.setup("fit")
@@ -164,12 +165,12 @@ def _training_dataset(data: Dataset | pl.LightningDataModule) -> IndexedDataset:
                 "`.dataset`; pass the training dataset itself."
             )
     if isinstance(data, IndexedDataset):
-        return data
+        return data, False
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise ReferenceModelsError(
             f"Expected a map-style dataset or a LightningDataModule, but got {type(data).__name__}."
         )
-    return IndexedDataset(data)
+    return IndexedDataset(data), True
 
 
 def _recipe(
@@ -270,7 +271,8 @@ def train_reference_models(
             for ``ddp_spawn``).
         data: the training set (map-style, optionally an ``IndexedDataset``) or a data module
             whose ``train_dataloader().dataset`` is used. A plain data set is wrapped in
-            ``IndexedDataset``, so ``training_step`` receives ``(x, y, sample_id)`` batches.
+            ``IndexedDataset``, so ``training_step`` receives ``(x, y, sample_id)`` batches
+            (one that unpacks ``x, y = batch`` gets a ``ReferenceModelsError`` saying so).
         out_dir: directory of the models (created).
         k: number of models, a multiple of ``folds`` (every example is OUT of exactly
             ``k / folds``).
@@ -295,7 +297,7 @@ def train_reference_models(
     """
     from tqdm.auto import tqdm
 
-    dataset = _training_dataset(data)
+    dataset, wrapped = _training_dataset(data)
     n = len(dataset)
     masks = balanced_membership(n, k, seed, folds)
     root = Path(out_dir)
@@ -338,8 +340,26 @@ def train_reference_models(
         )
         callbacks = [*settings.get("callbacks", []), _SaveOnTrainEnd(path, masks[j], j, seed)]
         trainer = pl.Trainer(**{**settings, "callbacks": callbacks})
-        trainer.fit(module, train_dataloaders=loader)
+        _fit_with_ids(trainer, module, loader, wrapped=wrapped)
     return ReferenceModels.load(root, make_module)
+
+
+def _fit_with_ids(
+    trainer: pl.Trainer, module: pl.LightningModule, loader: DataLoader, *, wrapped: bool
+) -> None:
+    """``trainer.fit``; a ``training_step`` unpacking ``x, y = batch`` from the batches this
+    function gave sample ids is told why, instead of a bare unpacking error."""
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    except ValueError as err:
+        if not wrapped or "too many values to unpack" not in str(err):
+            raise
+        raise ReferenceModelsError(
+            f"{type(module).__name__}.training_step could not unpack a batch: "
+            "train_reference_models wraps a plain data set in `IndexedDataset`, so every batch "
+            "ends with its sample ids (`x, y, sample_id`); read `x, y = batch[0], batch[1]` "
+            f"(or `x, y, *_ = batch`). The original error: {err}"
+        ) from err
 
 
 class ReferenceModels:

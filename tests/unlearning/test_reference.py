@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from lightning_unlearn.data import IndexedDataset
@@ -228,3 +230,30 @@ def test_ddp_spawn_writes_complete_models(tmp_path) -> None:
         seen = module.seen > 0
         assert bool((seen <= mask).all())
         assert int(seen.sum()) >= int(mask.sum()) // 2
+
+
+class _PairMLP(SeenMLP):
+    """A module written for `(x, y)` batches, as many users write it."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
+def _make_pair_mlp() -> _PairMLP:
+    return _PairMLP()
+
+
+def test_a_training_step_for_pairs_is_told_about_the_ids(tmp_path) -> None:
+    with pytest.raises(ReferenceModelsError, match=r"_PairMLP.*batch\[0\], batch\[1\]"):
+        train_reference_models(
+            _make_pair_mlp, small_digits(), out_dir=tmp_path, k=2, seed=0, batch_size=16,
+            trainer_kwargs=TRAINER, progress=False,
+        )  # fmt: skip
+    # A training set with ids given by the user is the user's format: the error is theirs.
+    with pytest.raises(ValueError, match="too many values to unpack") as caught:
+        train_reference_models(
+            _make_pair_mlp, IndexedDataset(small_digits()), out_dir=tmp_path / "own", k=2,
+            seed=0, batch_size=16, trainer_kwargs=TRAINER, progress=False,
+        )  # fmt: skip
+    assert not isinstance(caught.value, ReferenceModelsError)
