@@ -48,9 +48,9 @@ from lightning_unlearn.evaluation.functional.out_score import (
     detection_power,
     fit_heldout_map,
     flagged_tolerance,
-    leave_one_out_zscores,
     mean_score_tolerance,
     member_rates,
+    null_and_member_zscores,
     out_gaussian,
     out_zscores,
 )
@@ -200,13 +200,9 @@ class OutRule:
                 )
             everyone = torch.ones_like(ref_values, dtype=torch.bool)
             heldout_law = out_gaussian(ref_values, everyone, prior_weight=prior_weight)
-        null, member = (
-            leave_one_out_zscores(
-                values, out_mask, direction=direction, prior_weight=prior_weight,
-                heldout=ref_values, members=members,
-            )
-            for members in (False, True)
-        )  # fmt: skip
+        null, member = null_and_member_zscores(
+            values, out_mask, direction=direction, prior_weight=prior_weight, heldout=ref_values
+        )
         rates = member_rates(null, threshold)
         return cls(
             law=law,

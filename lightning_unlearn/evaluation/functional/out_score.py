@@ -46,6 +46,7 @@ __all__ = [
     "leave_one_out_zscores",
     "mean_score_tolerance",
     "member_rates",
+    "null_and_member_zscores",
     "out_gaussian",
     "out_zscores",
 ]
@@ -306,12 +307,44 @@ def leave_one_out_zscores(
         >>> [round(x, 4) for x in z[:, 0].tolist()]
         [-1.7321, 0.0, 1.7321]
     """
+    null, member = null_and_member_zscores(
+        values,
+        out_mask,
+        direction=direction,
+        prior_weight=prior_weight,
+        pooled_var=pooled_var,
+        heldout=heldout,
+    )
+    return member if members else null
+
+
+def null_and_member_zscores(
+    values: Tensor,
+    out_mask: Tensor,
+    *,
+    direction: float = 1.0,
+    prior_weight: float = 2.0,
+    pooled_var: float | None = None,
+    heldout: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Both tables of :func:`leave_one_out_zscores` (``members=False`` and ``True``) from one
+    pass over the models: ``(null [K, N], member [K, N])``.
+
+    Example:
+        >>> import torch
+        >>> v = torch.tensor([[0.0, 5.0], [1.0, 1.0], [2.0, 3.0]])
+        >>> m = torch.tensor([[True, False], [True, True], [True, True]])
+        >>> null, member = null_and_member_zscores(v, m, prior_weight=0.0)
+        >>> member[0, 1].item() > 0, bool(member[:, 0].isnan().all()), bool(null[0, 1].isnan())
+        (True, True, True)
+    """
     if pooled_var is None:
         pooled_var = float(masked_moments(values, out_mask).std.square().nanmean())
     k = values.shape[0]
     if heldout is not None and heldout.shape[0] != k:
         raise ValueError(f"Expected held-out values of {k} models, but got {heldout.shape[0]}.")
-    out = torch.full(values.shape, float("nan"), dtype=torch.float64, device=values.device)
+    null = torch.full(values.shape, float("nan"), dtype=torch.float64, device=values.device)
+    member = null.clone()
     for j in range(k):
         others = out_mask.clone()
         others[j] = False
@@ -325,9 +358,10 @@ def leave_one_out_zscores(
             )
             hmap = fit_heldout_map(heldout[j], hlaw)
         z = out_zscores(values[j], law, direction=direction, heldout_map=hmap)
-        keep = ~out_mask[j] & ~values[j].isnan() if members else out_mask[j]
-        out[j] = torch.where(keep & (law.n >= 1), z, float("nan"))
-    return out
+        judged = law.n >= 1
+        null[j] = torch.where(out_mask[j] & judged, z, float("nan"))
+        member[j] = torch.where(~out_mask[j] & ~values[j].isnan() & judged, z, float("nan"))
+    return null, member
 
 
 def member_rates(null_scores: Tensor, threshold: float) -> Tensor:
