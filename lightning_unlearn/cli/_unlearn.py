@@ -127,6 +127,7 @@ def unlearn(
             request = str(out / "request.json")
             b = report.budget
             return _print({"recommendation": "retrain", "reason": report.reason, "budget": b,
+                           "detection_power": report.verification_before.get("power"),
                            "request": request})  # fmt: skip
         # The budget of the request (the run's step limit adds the hold window to it).
         budget, source = int(report.budget["steps"] or 0), SOURCES[report.budget["source"]]
@@ -162,7 +163,11 @@ def unlearn(
         "stop_reason": result.stop_reason,
     }
     if report is not None:
-        summary.update(recommendation=report.recommendation, request=str(out / "request.json"))
+        summary.update(
+            recommendation=report.recommendation,
+            detection_power=report.verification_before.get("power"),
+            request=str(out / "request.json"),
+        )
     return _print(summary)
 
 

@@ -115,13 +115,22 @@ def _calibration(runs: dict[str, Any], b: float, **metadata: Any) -> Path:
     return cal.save(runs["root"] / f"cal_{b:g}_{len(metadata)}.json")
 
 
-def test_calibrated_path_report_matches_recomputation(runs: dict[str, Any]) -> None:
+def test_calibrated_path_report_matches_recomputation(
+    runs: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     root = runs["root"]
     cal = _calibration(runs, 20.0)
     argv = _unlearn(runs, "u", "--reference", str(root / "refs"), "--calibration", str(cal))
+    capsys.readouterr()
     assert main([*argv, "--hold", "2"]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")  # the last top-level object
+    summary = json.loads("\n".join(lines[start:]))
     out = root / "u"
     report = json.loads((out / "request.json").read_text())
+    assert summary["detection_power"] == report["verification_before"]["power"]
+    assert 0.0 <= summary["detection_power"] <= 1.0
     result = json.loads((out / "result.json").read_text())
     assert report["budget"] == {"steps": 24, "source": "calibration", "predicted": 20,
                                 "low": 18, "high": 24.0}  # fmt: skip
