@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuditMismatchError",
+    "BatchFormatError",
     "BudgetTooLargeError",
     "CheckpointError",
     "DatasetNotFoundError",
@@ -53,6 +54,17 @@ class MissingSampleIdError(LightningUnlearnError, KeyError):
 
     The message names both fixes: a map-style dataset (ids read from the sampler), or ids in
     the batch (``IndexedDataset`` / ``sample_id_fn``).
+    """
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0]) if self.args else ""
+
+
+class BatchFormatError(LightningUnlearnError, KeyError, TypeError):
+    """A batch, or a model's output on it, is not in a format the default readers know.
+
+    The message names what was found and the fix (``batch_adapter=``). It is a ``KeyError``
+    (a dict batch without the key) and a ``TypeError`` (a batch or output of another type).
     """
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly.

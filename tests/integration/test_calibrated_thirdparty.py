@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from lightning_unlearn import UnlearningModule
 from lightning_unlearn.data import IndexedDataset
 from lightning_unlearn.data.splits import ForgetRetainDataModule
-from lightning_unlearn.errors import MissingSampleIdError
+from lightning_unlearn.errors import BatchFormatError, MissingSampleIdError
 from lightning_unlearn.unlearning import ReferenceModels, train_reference_models
 from lightning_unlearn.unlearning.calibrated_stopping import (
     CalibratedStopping,
@@ -342,8 +342,10 @@ def test_lstm_calibrated_path_and_a_custom_batch_format(tmp_path: Path) -> None:
         lambda: verify_forget_set(got["rule"], model, dm),
         lambda: calibrated_unlearn(model, dm, got["rule"], steps=3, retrain_steps=100),
     ):
-        with pytest.raises(KeyError, match="batch_adapter"):
+        with pytest.raises(BatchFormatError, match="batch_adapter") as caught:
             call()
+        assert isinstance(caught.value, KeyError)  # what a dict lookup raises, named
+        assert not str(caught.value).startswith("'")  # not quoted like a bare KeyError
     # `batch_adapter=` reaches every step, and gives the tuple format's numbers.
     stats = refs.statistics(loader, batch_adapter=own_keys_adapter)
     torch.testing.assert_close(stats.phi, got["stats"].phi, rtol=0, atol=1e-6)
@@ -425,8 +427,9 @@ def test_model_output_on_tuple_batches_is_read_through_its_logits() -> None:
 def test_unreadable_outputs_and_missing_ids_are_named() -> None:
     sentences = Sentences(12)
     tuples = TensorDataset(sentences.ids, sentences.labels)
-    with pytest.raises(TypeError, match=r"got tuple.*batch_adapter"):
+    with pytest.raises(BatchFormatError, match=r"got tuple.*batch_adapter") as caught:
         _refs(RawLSTM(), RawLSTM()).statistics(DataLoader(tuples, batch_size=4))
+    assert isinstance(caught.value, TypeError)
 
     class Stream(IterableDataset):
         def __iter__(self) -> Any:

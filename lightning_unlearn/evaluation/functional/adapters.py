@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lightning_unlearn.errors import MissingSampleIdError
+from lightning_unlearn.errors import BatchFormatError, MissingSampleIdError
 from lightning_unlearn.sample_ids import (
     SAMPLE_ID_KEY,
     get_sample_ids,
@@ -161,7 +161,7 @@ def _logits_of(out: Any) -> Tensor:
         logits = out.get("logits")
     logits = out if logits is None else logits
     if not isinstance(logits, Tensor):
-        raise TypeError(
+        raise BatchFormatError(
             f"Expected the model to return logits (a tensor, or an output with `.logits`), "
             f"but got {type(out).__name__}; return the logits from `forward`, or pass your own "
             "`batch_adapter=`."
@@ -173,7 +173,7 @@ def _first_key(batch: Mapping[str, Any], keys: tuple[str, ...], what: str) -> st
     for key in keys:
         if key in batch:
             return key
-    raise KeyError(
+    raise BatchFormatError(
         f"Expected a dict batch with a {what} key (one of {list(keys)}), but got keys "
         f"{sorted(batch)}; pass `batch_adapter=` (a `BatchAdapter`, or a function "
         "`(model, batch) -> (loss, logits, targets)`) for this batch format."
@@ -215,7 +215,7 @@ class ClassificationAdapter(BatchAdapter):
                     "field(s); pass `batch_adapter=` for this batch format."
                 )
             return fields[which][0]
-        raise TypeError(
+        raise BatchFormatError(
             f"Expected a tuple or dict batch, but got {type(batch).__name__}; pass "
             "`batch_adapter=` for this batch format."
         )
@@ -272,14 +272,14 @@ class HFAdapter(BatchAdapter):
 
     def inputs(self, batch: Any) -> Any:
         if not isinstance(batch, Mapping):
-            raise TypeError(
+            raise BatchFormatError(
                 f"Expected a dict batch for `HFAdapter`, but got {type(batch).__name__}."
             )
         return {k: v for k, v in batch.items() if k not in (self.label_key, SAMPLE_ID_KEY)}
 
     def targets(self, batch: Any) -> Tensor | None:
         if self.label_key not in batch:
-            raise KeyError(
+            raise BatchFormatError(
                 f"Expected the dict batch to hold {self.label_key!r}, but got keys "
                 f"{sorted(batch)}; pass `batch_adapter=HFAdapter(label_key=...)`."
             )
@@ -353,7 +353,7 @@ class FunctionAdapter(BatchAdapter):
         if isinstance(out, ExampleOutputs):
             return out
         if not isinstance(out, tuple) or len(out) != 3:
-            raise TypeError(
+            raise BatchFormatError(
                 "Expected the `batch_adapter` function to return `(loss, logits, targets)` or "
                 f"an `ExampleOutputs`, but got {type(out).__name__}."
             )
@@ -457,7 +457,7 @@ def tensor_inputs(adapter: BatchAdapter, batch: Any) -> tuple[Tensor, Tensor]:
     """
     x, y = adapter.inputs(batch), adapter.targets(batch)
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(
+        raise BatchFormatError(
             "Expected the `batch_adapter` to give one input tensor and a target tensor for this "
             f"score, but got {type(x).__name__} and {type(y).__name__}; it needs `model(x)` "
             "class logits of a tensor input."
