@@ -302,7 +302,8 @@ class OutRule:
         return self._mean_tolerances[size]
 
     def power(self, sample_ids: Tensor, size: int | None = None) -> float | None:
-        """The rule's :func:`detection_power` on these examples (``None`` without member draws).
+        """The rule's :func:`detection_power` on these examples (``None`` without member draws,
+        or when some example has none: no reference model trained on it, so it is unknown).
 
         Args:
             sample_ids: the forget set's ids.
@@ -312,8 +313,11 @@ class OutRule:
             return None
         ids = sample_ids.long().cpu()
         n = int(ids.numel()) if size is None else size
+        draws = self.member[:, ids]
+        if bool(draws.isnan().all(dim=0).any()):
+            return None
         return detection_power(
-            self.member[:, ids],
+            draws,
             threshold=self.threshold,
             tolerance=self.tolerance(n),
             mean_tolerance=self.mean_tolerance(n),

@@ -217,6 +217,10 @@ def test_power_tells_a_visible_membership_from_an_invisible_one() -> None:
     assert p_invisible < 0.2
     assert visible.verify(visible.law.mean[ids], ids)["power"] == p_visible
     assert dataclasses.replace(visible, member=None).power(ids) is None
+    assert visible.member is not None
+    blind = visible.member.clone()
+    blind[:, 8] = math.nan  # example 8: no model trained on it, its members' scores unknown
+    assert dataclasses.replace(visible, member=blind).power(ids) is None
 
 
 @pytest.mark.ddp
