@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -57,3 +58,12 @@ def test_smoke_scale_structure(tmp_path: Path) -> None:
     assert summary["num_escalated_after_budget"] <= summary["num_ran"]
     assert 0.0 <= summary["interval_coverage"] <= 1.0
     assert set(summary["fixed_unlearns_all_high_p"]) == set(bench.FIXED_EPOCHS)
+    # Every set's power is known and split the "looks OUT" verdicts exactly once.
+    powers = [r["report"]["verification_before"]["power"] for r in rows]
+    assert all(0.0 <= p <= 1.0 for p in powers)
+    looks_out = [
+        r for r in rows if "judge" in r and r["report"]["verification_after"].get("satisfied")
+    ]
+    assert summary["looks_out_high_power"] + summary["looks_out_low_power"] == len(looks_out)
+    assert summary["looks_out_low_power_under_unlearned"] <= summary["looks_out_low_power"]
+    assert summary["median_power"] == statistics.median(powers)
