@@ -66,6 +66,10 @@ class UnlearningModule(pl.LightningModule):
     :attr:`result` (an :class:`~lightning_unlearn.unlearning.UnlearningResult`, set when
     ``fit`` ends normally).
 
+    The module is unlearned in training mode, as it was trained. One left entirely in eval mode
+    (by an evaluation) is switched to training mode at ``fit`` start, with a warning; layers
+    set to eval mode on purpose while the rest trains (frozen BatchNorm) stay so.
+
     Methods (loss per step; :math:`L_R`: user's loss on a retain batch, :math:`L_F`: on a
     forget batch):
 
