@@ -336,7 +336,8 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
     rule = OutRule.from_reference(
         stats, heldout=reference_heldout_values(refs, probe_dm.heldout_dataloader())
     )
-    _say(f"seed {seed}: calibrating the budget ({sc.k} runs)")
+    runs = max(2, min(4, sc.k // 2))  # a few reference models, a larger probe each
+    _say(f"seed {seed}: calibrating the budget ({runs} runs)")
     per_epoch_ref = math.ceil(len(train) * (1 - 1 / sc.folds) / BATCH)
     cal = calibrate_budget(
         refs,
@@ -349,7 +350,7 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
         probe_size=sc.probe,
         heldout=test,
         batch_size=BATCH,
-        num_models=max(2, min(4, sc.k // 2)),  # a few reference models, a larger probe each
+        num_models=runs,
         seed=seed,
         trainer_kwargs=TRAINER,
         lr=UNLEARN_LR,
