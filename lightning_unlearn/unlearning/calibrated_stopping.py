@@ -301,18 +301,14 @@ class OutRule:
             self._mean_tolerances[size] = mean_score_tolerance(self.null, size, self.level)
         return self._mean_tolerances[size]
 
-    def power(self, sample_ids: Tensor, size: int | None = None) -> float | None:
-        """The rule's :func:`detection_power` on these examples (``None`` without member draws,
-        or when some example has none: no reference model trained on it, so it is unknown).
-
-        Args:
-            sample_ids: the forget set's ids.
-            size: the set size the tolerances are taken for (default: ``len(sample_ids)``).
-        """
+    def power(self, sample_ids: Tensor) -> float | None:
+        """The rule's :func:`detection_power` on these examples, with the tolerances of their
+        set size (``None`` without member draws, or when some example has none: no reference
+        model trained on it, so it is unknown)."""
         if self.member is None or self.null is None:
             return None
         ids = sample_ids.long().cpu()
-        n = int(ids.numel()) if size is None else size
+        n = int(ids.numel())
         draws = self.member[:, ids]
         if bool(draws.isnan().all(dim=0).any()):
             return None
