@@ -86,6 +86,7 @@ SCALES = {
     "memorise_f8": Scale(None, 30, 24, 10, 5, 3, 128, 48, 0.05, folds=8),  # 7/8 of the data
     "memorise_k32": Scale(None, 30, 32, 10, 5, 3, 128, 48, 0.05, folds=4),  # 8 OUT per example
     "memorise_f16": Scale(None, 30, 64, 10, 5, 3, 128, 48, 0.05, folds=16),  # 15/16, 4 OUT each
+    "memorise_f32": Scale(None, 30, 128, 10, 5, 3, 128, 48, 0.05, folds=32),  # 31/32, 4 OUT each
     "default": Scale(None, 30, 16, 20, 5, 3, 128, 64, 0.03),
 }
 ORDER, BATCH, LR, UNLEARN_LR, HOLD = 8, 64, 0.1, 0.1, 5
