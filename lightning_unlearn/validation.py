@@ -201,10 +201,11 @@ def check_forget_ids(
             f"{tuple(ids.shape)}."
         )
     ids = ids.long().cpu()
+    what = "forget ids" if "forget" in name else f"`{name}`"
     bad = ids[(ids < 0) | (ids >= num_samples)] if num_samples is not None else ids[:0]
     if bad.numel():
         raise ForgetSetError(
-            f"Expected forget ids in [0, {num_samples}) (the ids of the original training set), "
+            f"Expected {what} in [0, {num_samples}) (the ids of the original training set), "
             f"but got {bad[:10].tolist()}; use the ids of the privacy ledger (positions in the "
             "training DataLoader's dataset)."
         )
@@ -212,6 +213,6 @@ def check_forget_ids(
     if bool((counts > 1).any()):
         dup = ids[counts > 1][:10].tolist()
         raise ForgetSetError(
-            f"Expected unique forget ids, but got duplicates {dup}; pass each id once."
+            f"Expected unique {what}, but got duplicates {dup}; pass each id once."
         )
     return ids

@@ -162,9 +162,13 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         num_workers: ``DataLoader`` workers.
         collate_fn: how items become a batch (e.g. padding of token sequences); default
             ``torch``'s ``default_collate`` (or the data module's).
+        exclude_ids: ids (in ``dataset``) in neither the retain nor the forget set: examples
+            the model being unlearned never trained on (a reference model's OUT examples), so
+            no unlearning step touches them. Ids keep indexing ``dataset``.
 
     Raises:
-        ForgetSetError: invalid forget ids, or forget ids that fall into the held-out split.
+        ForgetSetError: invalid forget or excluded ids, forget ids that fall into the held-out
+            split or are also excluded.
         ValueError: invalid sizes.
 
     Example:
@@ -195,6 +199,7 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        exclude_ids: Sequence[int] | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -245,7 +250,17 @@ class ForgetRetainDataModule(pl.LightningDataModule):
             self.heldout_set, _ = _as_map_dataset(heldout)
             train_ids = all_ids
         self.train_ids = train_ids
-        self.retain_ids = train_ids[~torch.isin(train_ids, self.forget_ids)]
+        self.exclude_ids = torch.zeros(0, dtype=torch.long)
+        if exclude_ids is not None and len(exclude_ids) > 0:
+            self.exclude_ids = check_forget_ids(exclude_ids, self.num_samples, name="exclude_ids")
+            both = self.forget_ids[torch.isin(self.forget_ids, self.exclude_ids)]
+            if both.numel():
+                raise ForgetSetError(
+                    f"Expected forget ids that are not also excluded, but {both[:10].tolist()} "
+                    "are in both `forget_ids` and `exclude_ids`; drop them from one of the two."
+                )
+        left_out = torch.cat([self.forget_ids, self.exclude_ids])
+        self.retain_ids = train_ids[~torch.isin(train_ids, left_out)]
         if self.retain_ids.numel() == 0:
             raise ForgetSetError(
                 "Expected the forget set to leave examples to retain, but after the held-out "

@@ -70,8 +70,10 @@ def probe_steps(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-example steps to look OUT of ``probe``, unlearned from a copy of ``model``.
 
-    The copy is fine-tuned (``method``) on ``dataset`` minus ``probe`` and ``exclude`` (for a
-    reference model: its OUT examples, so the retain set is its own half minus the probe).
+    The copy is unlearned by ``method`` with ``probe`` as the forget set (the examples a method
+    with a forget term ascends on) and ``dataset`` minus ``probe`` and ``exclude`` as the
+    retain set (for a reference model ``exclude`` is its OUT examples, so the retain set is its
+    own half minus the probe, and no step touches an example it never trained on).
 
     Returns:
         ``(steps [P], arrived [P], flagged_at_start [P])`` in the order of ``probe`` sorted by
@@ -79,9 +81,17 @@ def probe_steps(
     """
     pl.seed_everything(seed, verbose=False)
     student = copy.deepcopy(model).train()
-    forget_all = torch.cat([probe, exclude]).unique()
+    # The probe is the forget set (what a method with a forget term ascends on) and `exclude`
+    # is in neither set: no step touches an example the model never trained on.
+    probe = torch.as_tensor(probe, dtype=torch.long).flatten().cpu()
+    exclude = torch.as_tensor(exclude, dtype=torch.long).flatten().cpu()
     train_dm = ForgetRetainDataModule(
-        dataset, forget_all, heldout=heldout, batch_size=batch_size, seed=seed
+        dataset,
+        probe,
+        heldout=heldout,
+        batch_size=batch_size,
+        seed=seed,
+        exclude_ids=exclude[~torch.isin(exclude, probe)],
     )
     eval_dm = ForgetRetainDataModule(dataset, probe, heldout=heldout, batch_size=batch_size)
     observer = CalibratedStopping(

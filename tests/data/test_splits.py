@@ -111,6 +111,32 @@ def test_forget_ids_inside_heldout_split_are_rejected() -> None:
         ForgetRetainDataModule(_dataset(), [0], heldout=1.5)
 
 
+def test_excluded_examples_are_in_no_training_batch() -> None:
+    """A reference model's OUT examples: neither retained nor forgotten, ids unchanged."""
+    out = [5, 6, 7, 20, 49]
+    dm = ForgetRetainDataModule(_dataset(), [0, 1], batch_size=10, exclude_ids=out)
+    assert dm.exclude_ids.tolist() == out
+    assert sorted(dm.retain_ids.tolist()) == [i for i in range(2, 50) if i not in out]
+    seen_retain, seen_forget = [], []
+    for batch, _, _ in dm.train_dataloader():
+        seen_retain.append(batch["retain"][0][:, 0].long())  # the feature encodes the id
+        seen_forget.append(batch["forget"].batch[0][:, 0].long())
+    assert len(seen_retain) == 5  # an epoch is one pass over the 43 retained examples
+    assert sorted(torch.cat(seen_retain).tolist()) == dm.retain_ids.tolist()
+    assert set(torch.cat(seen_forget).tolist()) == {0, 1}
+    assert _collect(dm.forget_dataloader())[1].tolist() == [0, 1]
+    assert dm.num_samples == 50  # ids keep indexing the whole data set
+
+
+@pytest.mark.parametrize(
+    ("exclude", "match"),
+    [([1, 8], r"\[1\] are in both"), ([60], "exclude_ids"), ([2, 2], "exclude_ids")],
+)
+def test_bad_excluded_ids_are_named(exclude: list[int], match: str) -> None:
+    with pytest.raises(ForgetSetError, match=match):
+        ForgetRetainDataModule(_dataset(), [0, 1], exclude_ids=exclude)
+
+
 def test_validate_returns_sorted_unique_long() -> None:
     out = validate_forget_ids(torch.tensor([9, 2, 5], dtype=torch.int32), 10)
     assert out.dtype == torch.long

@@ -27,16 +27,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from lightning_unlearn import UnlearningModule
+from lightning_unlearn import PerInstancePrivacyMonitor, UnlearningModule
 from lightning_unlearn.data import IndexedDataset
 from lightning_unlearn.data.splits import ForgetRetainDataModule
 from lightning_unlearn.errors import BatchFormatError, MissingSampleIdError
+from lightning_unlearn.evaluation.functional.adapters import BatchAdapter, ExampleOutputs
 from lightning_unlearn.unlearning import ReferenceModels, train_reference_models
 from lightning_unlearn.unlearning.calibrated_stopping import (
     CalibratedStopping,
     OutRule,
     reference_heldout_values,
 )
+from lightning_unlearn.unlearning.calibration_fit import calibrate_budget
 from lightning_unlearn.unlearning.request_report import calibrated_unlearn, verify_forget_set
 from tests.integration.test_hf_recipe import VOCAB, BertClassifier, Sentences
 from tests.unlearning._calibration_support import QUIET, TRAINER
@@ -44,6 +46,9 @@ from tests.unlearning._calibration_support import QUIET, TRAINER
 transformers = pytest.importorskip("transformers")
 
 K, NU0, THRESHOLD, LEVEL = 4, 2.0, 2.0, 0.05
+# The calibration run: steps, probe size, and a method with a forget term (random labels on
+# the probe), under which the memorised members of these tiny models look OUT after 1-21 steps.
+CAP, PROBE, CAL_METHOD = 30, 8, "random_label"
 FORGET = [1, 5, 9, 20, 33]
 # Mislabelled examples: the forget set and a few others. A model that trained on them memorises
 # their flipped label, one that did not predicts the rule's: members are plainly visible.
@@ -223,10 +228,73 @@ def _assert_verdict(got: dict[str, Any], ref: dict[str, Any], rule: OutRule) -> 
 
 
 # ------------------------------------------------------------------ the path, end to end
-def _fit(module: pl.LightningModule, data: Any, epochs: int) -> pl.LightningModule:
+def _fit(
+    module: pl.LightningModule, data: Any, epochs: int, monitor: pl.Callback | None = None
+) -> pl.LightningModule:
     loader = DataLoader(data, batch_size=8, shuffle=True)
-    pl.Trainer(**{**QUIET, "max_epochs": epochs}).fit(module, train_dataloaders=loader)
+    callbacks = [] if monitor is None else [monitor]
+    pl.Trainer(**{**QUIET, "max_epochs": epochs, "callbacks": callbacks}).fit(
+        module, train_dataloaders=loader
+    )
     return module.eval()
+
+
+class _Snapshots(pl.Callback):
+    """The unlearned module's weights before the first step and after every step, and the
+    labels of every forget and retain batch it trained on."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, Tensor]] = []
+        self.seen: dict[str, list[Tensor]] = {"forget": [], "retain": []}
+
+    def _keep(self, pl_module: pl.LightningModule) -> None:
+        self.states.append(copy.deepcopy(pl_module.module.state_dict()))  # type: ignore[union-attr]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._keep(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._keep(pl_module)
+        for part in ("forget", "retain"):
+            got = batch[part].batch if part == "forget" else batch[part]
+            self.seen[part].append(_tokens(got))
+
+
+def _tokens(batch: Any) -> Tensor:
+    """The token rows of a batch of either format."""
+    return batch["input_ids"] if isinstance(batch, dict) else batch[0]
+
+
+def _rows(tokens: Tensor) -> set[tuple[int, ...]]:
+    return {tuple(row.tolist()) for row in tokens}
+
+
+def _reference_probe_steps(
+    module: nn.Module, states: list[dict[str, Tensor]], data: Any, heldout: Any,
+    logits_fn: Any, probe: np.ndarray, law: dict[str, Any], held_law: dict[str, Any], hold: int,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each probe example's z-score at every snapshot (float64, one example at a time), the
+    first step from which it stays <= THRESHOLD for `hold` more steps, censored at the last
+    step minus `hold`."""
+    probe_law = {key: law[key][probe] for key in ("mean", "std", "n")}
+    zs = []
+    for state in states:
+        model = copy.deepcopy(module)
+        model.load_state_dict(state)
+        v = _reference_phi_loss(model, data, logits_fn)[0][probe]
+        hmap = _map(_reference_phi_loss(model, heldout, logits_fn)[0], held_law)
+        zs.append(_z(v, probe_law, hmap))
+    z = np.stack(zs)  # [T, P]
+    last = len(states) - 1
+    steps, arrived = np.full(len(probe), last - hold), np.zeros(len(probe), dtype=bool)
+    for e in range(len(probe)):
+        for k in range(last - hold + 1):
+            if (z[k : k + hold + 1, e] <= THRESHOLD).all():
+                steps[e], arrived[e] = k, True
+                break
+    return {"z": z, "steps": steps, "arrived": arrived, "flagged": z[0] > THRESHOLD}
 
 
 def _check_calibrated_path(
@@ -265,7 +333,9 @@ def _check_calibrated_path(
 
     # The tested model (trained on all of the data): verification and the request's report.
     pl.seed_everything(0, verbose=False)
-    model = _fit(make(), data, epochs)
+    monitor = PerInstancePrivacyMonitor(noise_multiplier=1.0)
+    model = _fit(make(), data, epochs, monitor)
+    ledger = monitor.ledger
     ref_before = _reference_verdict(model, data, heldout, logits_fn, law, held_law, rates)
     before = verify_forget_set(rule, model, dm)
     _assert_verdict(before, ref_before, rule)
@@ -283,7 +353,50 @@ def _check_calibrated_path(
         not torch.equal(a, b) for a, b in zip(student.parameters(), model.parameters(), strict=True)
     ]
     assert any(moved)  # the run changed the model (a deep copy: `model` itself is untouched)
-    return {"refs": refs, "stats": stats, "dm": dm, "rule": rule, "model": model, "report": report}
+
+    # The budget calibration (deliverable 2) on this model family: one run of reference model
+    # 0 on a probe of its members, every per-example step recomputed from its weights (all
+    # probe points in the fit, `hurdle=False`: the hurdle would keep the few flagged ones).
+    snapshots = _Snapshots()
+    cal = calibrate_budget(
+        refs, data, ledger, rule, cap=CAP, hold=1, probe_size=PROBE, heldout=heldout,
+        batch_size=8, num_models=1, seed=0, hurdle=False, method=CAL_METHOD,
+        trainer_kwargs={**TRAINER, "callbacks": [snapshots]}, lr=lr,
+    )  # fmt: skip
+    assert len(snapshots.states) == CAP + 1  # before the first step and after each of CAP
+    p = ledger.privacy_loss(8).double().numpy()
+    members = np.nonzero(in_mask[0])[0]
+    ranked = members[np.argsort(p[members], kind="stable")]
+    probe = np.unique(ranked[np.round(np.linspace(0, len(ranked) - 1, PROBE)).astype(int)])
+    # It ascended on the probe, and trained on the model's other members: never on an example
+    # reference model 0 did not train on.
+    everything = torch.stack([_tokens(data[i]) for i in range(len(data))])
+    assert len(_rows(everything)) == len(data)  # rows identify the examples
+    forget_seen = _rows(torch.cat(snapshots.seen["forget"]))
+    retain_seen = _rows(torch.cat(snapshots.seen["retain"]))
+    assert forget_seen == _rows(everything[probe])
+    others = np.setdiff1d(members, probe)
+    assert retain_seen == _rows(everything[others])  # CAP steps cover every retain batch
+    ref = _reference_probe_steps(
+        refs.modules[0], snapshots.states, data, heldout, logits_fn, probe, law, held_law, 1
+    )
+    # No score within rounding of the threshold, so the float32 path must take the same steps.
+    assert np.abs(ref["z"] - THRESHOLD).min() > 10 * PHI_TOL
+    assert ref["flagged"].any()  # some probe members look trained on: there is work to time
+    assert (ref["arrived"] & (ref["steps"] > 0)).any()  # and some of them arrive on the way
+    steps = np.where(ref["arrived"], ref["steps"], CAP).astype(float)
+    assert np.ptp(np.log(p[probe])) > 0.1
+    a, b = np.polyfit(np.log(p[probe]), steps, 1)
+    assert max(abs(a), abs(b)) < 100
+    assert cal.num_points == len(probe)
+    assert cal.num_censored == int((~ref["arrived"]).sum())
+    # Two float64 least-squares solvers on the same 8 integer points (|a|, |b| < 100, log P
+    # spread > 0.1): they agree to ~1e-12; 1e-9 leaves room.
+    assert (cal.a, cal.b) == (pytest.approx(a, abs=1e-9), pytest.approx(b, abs=1e-9))
+    return {
+        "refs": refs, "stats": stats, "dm": dm, "rule": rule, "model": model, "report": report,
+        "ledger": ledger, "calibration": cal,
+    }  # fmt: skip
 
 
 def test_hf_bert_dict_batches_calibrated_path(tmp_path: Path) -> None:
@@ -316,6 +429,19 @@ class OwnKeysLSTM(LSTMClassifier):
 def own_keys_adapter(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     logits = model(batch["tokens"])
     return F.cross_entropy(logits, batch["cls"], reduction="none"), logits, batch["cls"]
+
+
+class OwnKeysAdapter(BatchAdapter):
+    """`own_keys_adapter` as a class that can also replace the labels (`"random_label"`)."""
+
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> ExampleOutputs:
+        return ExampleOutputs(*own_keys_adapter(model, batch))
+
+    def targets(self, batch: dict[str, Tensor]) -> Tensor:
+        return batch["cls"]
+
+    def with_targets(self, batch: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
+        return {**batch, "cls": targets}
 
 
 def _as_own_keys(module: nn.Module) -> OwnKeysLSTM:
@@ -380,6 +506,16 @@ def test_lstm_calibrated_path_and_a_custom_batch_format(tmp_path: Path) -> None:
     assert report.after["forget"]["loss"] == pytest.approx(
         tuple_report.after["forget"]["loss"], abs=1e-6
     )
+    # The budget calibration reads the user's format through the adapter too, relabelling
+    # included, and times the same steps as on the tuples.
+    cal = calibrate_budget(
+        refs, OwnKeys(data), got["ledger"], rule, cap=CAP, hold=1, probe_size=PROBE,
+        heldout=OwnKeys(heldout), batch_size=8, num_models=1, seed=0, hurdle=False,
+        method=CAL_METHOD, trainer_kwargs=TRAINER, lr=0.1, batch_adapter=OwnKeysAdapter(),
+    )  # fmt: skip
+    tuple_cal = got["calibration"]
+    assert (cal.num_points, cal.num_censored) == (tuple_cal.num_points, tuple_cal.num_censored)
+    assert (cal.a, cal.b) == (tuple_cal.a, tuple_cal.b)  # the same steps, the same P
 
 
 # ------------------------------------------------------------------ formats the path cannot read
