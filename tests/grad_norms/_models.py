@@ -32,7 +32,7 @@ def digits_inputs(name: str, n: int) -> tuple[Tensor, Tensor]:
     """The first ``n`` digits in the input format of model ``name``."""
     x, y = _digits()
     x, y = x[:n], y[:n]
-    if name == "mlp":
+    if name in ("mlp", "gru"):
         return x / 16.0, y
     if name == "cnn":
         return (x / 16.0).reshape(n, 1, 8, 8), y
@@ -60,6 +60,19 @@ class TextNet(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+class RowGRU(nn.Module):
+    """A digit read as a sequence of its 8 rows: GRU -> linear head on the last hidden state."""
+
+    def __init__(self, hidden: int = 12, classes: int = 10) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, h = self.rnn(x.reshape(-1, 8, 8))
+        return self.head(h[-1])
+
+
 def build_net(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     if name == "mlp":
@@ -79,6 +92,8 @@ def build_net(name: str, seed: int = 0) -> nn.Module:
         return TextNet()
     if name == "batchnorm":
         return nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 10))
+    if name == "gru":
+        return RowGRU()
     raise ValueError(name)
 
 
