@@ -77,6 +77,8 @@ class Scale:
     probe: int  # calibration probe examples per reference model
     mislabelled: float  # fraction of training labels replaced
     folds: int = 2  # reference models train on 1 - 1/folds of the data
+    method: str = "finetune"  # the calibrated requests' method (the fixed budgets fine-tune)
+    sgld_sigma: float = 0.01  # SGLD's sigma (method "sgld" only)
 
 
 SCALES = {
@@ -87,6 +89,8 @@ SCALES = {
     "memorise_k32": Scale(None, 30, 32, 10, 5, 3, 128, 48, 0.05, folds=4),  # 8 OUT per example
     "memorise_f16": Scale(None, 30, 64, 10, 5, 3, 128, 48, 0.05, folds=16),  # 15/16, 4 OUT each
     "memorise_f32": Scale(None, 30, 128, 10, 5, 3, 128, 48, 0.05, folds=32),  # 31/32, 4 OUT each
+    # The memorise recipe, requests and calibration by SGLD (noise that forgets, THEORY §1).
+    "memorise_sgld": Scale(None, 30, 16, 10, 5, 3, 128, 48, 0.05, folds=4, method="sgld"),
     "default": Scale(None, 30, 16, 20, 5, 3, 128, 64, 0.03),
 }
 ORDER, BATCH, LR, UNLEARN_LR, HOLD = 8, 64, 0.1, 0.1, 5
@@ -207,6 +211,13 @@ def _fixed(
     }
 
 
+def _method_kwargs(sc: Scale) -> dict[str, Any]:
+    """The calibrated requests' (and their calibration's) method and its settings."""
+    if sc.method == "sgld":
+        return {"method": "sgld", "sgld_sigma": sc.sgld_sigma}
+    return {"method": sc.method}
+
+
 def _band(values: list[float]) -> list[float]:
     """The 95 % prediction interval of one more oracle's value (Student t, M - 1 dof)."""
     v = torch.tensor(values, dtype=torch.float64)
@@ -261,6 +272,7 @@ def _one_set(
         "retrain_steps": retrain,
         "lr": UNLEARN_LR,
         "hold": HOLD,
+        **_method_kwargs(sc),
     }
     _, report = calibrated_unlearn(model, frdm, rule, seed=seed, trainer_kwargs=TRAINER, **kwargs)
     row: dict[str, Any] = {
@@ -355,6 +367,7 @@ def _one_seed(sc: Scale, seed: int, out: Path) -> list[dict[str, Any]]:
         seed=seed,
         trainer_kwargs=TRAINER,
         lr=UNLEARN_LR,
+        **_method_kwargs(sc),
     )
     cal.save(out / f"seed{seed}" / "calibration.json")
     ctx = {"train": train, "test": test, "model": model, "ledger": ledger, "rule": rule, "cal": cal}
