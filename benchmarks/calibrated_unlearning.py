@@ -554,18 +554,25 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def run(
-    scale: str, output_dir: str | Path, seed0: int = 0, seeds: int | None = None
+    scale: str,
+    output_dir: str | Path,
+    seed0: int = 0,
+    seeds: int | None = None,
+    sgld_sigma: float | None = None,
 ) -> dict[str, Any]:
     """Run at ``scale``; writes ``results.json`` / ``summary.md`` and returns the results."""
     sc = SCALES[scale]
     if seeds is not None:
         sc = dataclasses.replace(sc, seeds=seeds)
+    if sgld_sigma is not None:
+        sc = dataclasses.replace(sc, sgld_sigma=sgld_sigma)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = [row for s in range(sc.seeds) for row in _one_seed(sc, seed0 + s, out)]
     results = {
-        "command": f"benchmarks/calibrated_unlearning.py --scale {scale} --seed {seed0}",
+        "command": f"benchmarks/calibrated_unlearning.py --scale {scale} --seed {seed0}"
+        + ("" if sgld_sigma is None else f" --sgld-sigma {sgld_sigma}"),
         "settings": {
             "scale": scale,
             **dataclasses.asdict(sc),
@@ -612,13 +619,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="override the scale's seeds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--merge", nargs="+", default=None, help="merge these output dirs")
+    parser.add_argument("--sgld-sigma", type=float, default=None, help="override SGLD's sigma")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:
         merge(args.merge, args.output_dir)
         print((Path(args.output_dir) / "summary.md").read_text())
         return
-    results = run(args.scale, args.output_dir, args.seed, args.seeds)
+    results = run(args.scale, args.output_dir, args.seed, args.seeds, args.sgld_sigma)
     _say(f"done in {results['seconds']} s")
     print((Path(args.output_dir) / "summary.md").read_text())
 
