@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -10,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from lightning_unlearn.unlearning.calibration import BudgetCalibration
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibrated_unlearning.py"
 
@@ -67,3 +70,18 @@ def test_smoke_scale_structure(tmp_path: Path) -> None:
     assert summary["looks_out_high_power"] + summary["looks_out_low_power"] == len(looks_out)
     assert summary["looks_out_low_power_under_unlearned"] <= summary["looks_out_low_power"]
     assert summary["median_power"] == statistics.median(powers)
+
+
+@pytest.mark.slow
+def test_smoke_scale_with_sgld_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scale's method reaches the calibration and every request; `--sgld-sigma` its sigma."""
+    bench = _load()
+    sgld = dataclasses.replace(bench.SCALES["smoke"], method="sgld", seeds=1)
+    monkeypatch.setitem(bench.SCALES, "smoke", sgld)
+    results = bench.run("smoke", tmp_path, sgld_sigma=0.02)
+    assert (results["settings"]["method"], results["settings"]["sgld_sigma"]) == ("sgld", 0.02)
+    assert results["command"].endswith("--sgld-sigma 0.02")
+    cal = BudgetCalibration.load(tmp_path / "seed0" / "calibration.json")
+    assert cal.metadata["method"] == "sgld"
+    assert cal.metadata["unlearning_kwargs"]["sgld_sigma"] == 0.02
+    assert {row["report"]["method"] for row in results["rows"]} == {"sgld"}
