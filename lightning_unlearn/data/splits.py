@@ -251,7 +251,14 @@ class ForgetRetainDataModule(pl.LightningDataModule):
             train_ids = all_ids
         self.train_ids = train_ids
         self.exclude_ids = torch.zeros(0, dtype=torch.long)
-        if exclude_ids is not None and len(exclude_ids) > 0:
+        size = (
+            0
+            if exclude_ids is None
+            else exclude_ids.numel()
+            if isinstance(exclude_ids, torch.Tensor)
+            else len(exclude_ids)
+        )
+        if size:  # a 0-d tensor (size 1) gets `check_forget_ids`' 1-D error
             self.exclude_ids = check_forget_ids(exclude_ids, self.num_samples, name="exclude_ids")
             both = self.forget_ids[torch.isin(self.forget_ids, self.exclude_ids)]
             if both.numel():

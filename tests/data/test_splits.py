@@ -126,13 +126,22 @@ def test_excluded_examples_are_in_no_training_batch() -> None:
     assert set(torch.cat(seen_forget).tolist()) == {0, 1}
     assert _collect(dm.forget_dataloader())[1].tolist() == [0, 1]
     assert dm.num_samples == 50  # ids keep indexing the whole data set
+    for nothing in (None, [], torch.zeros(0, dtype=torch.long)):
+        plain = ForgetRetainDataModule(_dataset(), [0, 1], exclude_ids=nothing)
+        assert plain.exclude_ids.numel() == 0
+        assert plain.retain_ids.tolist() == list(range(2, 50))
 
 
 @pytest.mark.parametrize(
     ("exclude", "match"),
-    [([1, 8], r"\[1\] are in both"), ([60], "exclude_ids"), ([2, 2], "exclude_ids")],
+    [
+        ([1, 8], r"\[1\] are in both"),
+        ([60], "exclude_ids"),
+        ([2, 2], "exclude_ids"),
+        (torch.tensor(3), "`exclude_ids` to be a 1-D"),
+    ],
 )
-def test_bad_excluded_ids_are_named(exclude: list[int], match: str) -> None:
+def test_bad_excluded_ids_are_named(exclude: object, match: str) -> None:
     with pytest.raises(ForgetSetError, match=match):
         ForgetRetainDataModule(_dataset(), [0, 1], exclude_ids=exclude)
 
