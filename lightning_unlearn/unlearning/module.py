@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,12 +24,49 @@ from lightning_unlearn.unlearning.result import UnlearningResult, evaluate_split
 from lightning_unlearn.unlearning.sgld import SGLD, check_sgld_sigma
 from lightning_unlearn.unlearning.stopping import LossCalibratedStopping
 
-__all__ = ["METHODS", "Method", "UnlearningModule", "module_state_dict_from_checkpoint"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "UnlearningModule",
+    "method_recipe",
+    "module_state_dict_from_checkpoint",
+]
 
 Method = Literal["finetune", "sgld", "neggrad", "neggrad_plus", "l1_sparse", "random_label"]
 METHODS: tuple[str, ...] = get_args(Method)
 _NEEDS_FORGET = ("neggrad", "neggrad_plus", "random_label")
 _CKPT_KEY = "lightning_unlearn/unlearning"
+# The arguments each method's optimisation depends on (the rest are ignored by it).
+_RECIPE_KEYS: dict[str, tuple[str, ...]] = {
+    "finetune": ("lr", "momentum", "weight_decay"),
+    "sgld": ("lr", "weight_decay", "sgld_sigma", "max_grad_norm", "projection_radius"),
+    "neggrad": ("lr", "momentum", "weight_decay"),
+    "neggrad_plus": ("lr", "momentum", "weight_decay", "forget_weight"),
+    "l1_sparse": ("lr", "momentum", "weight_decay", "l1_weight"),
+    "random_label": ("lr", "momentum", "weight_decay", "num_classes"),
+}
+
+
+def method_recipe(method: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings an :class:`UnlearningModule` of ``method`` built with ``arguments`` runs
+    with: the method and the arguments its optimisation depends on, defaults filled in (what a
+    budget calibration and the request it budgets must share).
+
+    Example:
+        >>> method_recipe("finetune", {"lr": 0.1, "sgld_sigma": 0.5})  # SGLD's sigma: ignored
+        {'method': 'finetune', 'lr': 0.1, 'momentum': 0.0, 'weight_decay': 0.0}
+        >>> method_recipe("sgld", {"lr": 0.1})["sgld_sigma"]  # the default, filled in
+        0.01
+    """
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(UnlearningModule.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    keys = _RECIPE_KEYS.get(method, ())
+    return {"method": method, **{k: arguments.get(k, defaults[k]) for k in keys}}
+
+
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
 
 

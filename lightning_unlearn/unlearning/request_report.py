@@ -37,7 +37,7 @@ from lightning_unlearn.integrity import atomic_write
 from lightning_unlearn.unlearning.budget import budget_cap, compute_budget
 from lightning_unlearn.unlearning.calibrated_stopping import CalibratedStopping, OutRule
 from lightning_unlearn.unlearning.calibration import BudgetCalibration, CalibrationError
-from lightning_unlearn.unlearning.module import UnlearningModule
+from lightning_unlearn.unlearning.module import UnlearningModule, method_recipe
 from lightning_unlearn.unlearning.reference_stats import score_model
 from lightning_unlearn.unlearning.result import evaluate_splits
 
@@ -45,6 +45,7 @@ __all__ = [
     "Budget",
     "RequestReport",
     "calibrated_unlearn",
+    "check_calibration_recipe",
     "recommend",
     "resolve_budget",
     "verify_forget_set",
@@ -327,6 +328,53 @@ def verify_forget_set(
     return rule.verify(values, ids.cpu(), hmap)
 
 
+def check_calibration_recipe(
+    calibration: BudgetCalibration,
+    method: str,
+    unlearner: UnlearningModule | None = None,
+    unlearning_kwargs: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse a budget calibration fitted for another unlearning recipe than the request's.
+
+    The calibration's steps were measured with one method, learning rate and noise
+    (``metadata["method"]`` and ``["unlearning_kwargs"]``, written by
+    :func:`~lightning_unlearn.unlearning.calibration_fit.calibrate_budget`); a request with
+    another would get a budget for a different procedure, silently. Both sides are compared
+    through :func:`~lightning_unlearn.unlearning.module.method_recipe` (the arguments the
+    method depends on, defaults filled in). Calibrations without that metadata (built by hand
+    with ``fit_calibration``), and requests with an optimizer factory of their own (its settings
+    are not recorded), are not checked.
+
+    Raises:
+        CalibrationError: the recipes differ; the message names both and the fix.
+    """
+    recorded = calibration.metadata
+    if "method" not in recorded:
+        return
+    if unlearner is not None:
+        if unlearner.optimizer_factory is not None:
+            return
+        arguments: Mapping[str, Any] = unlearner.hparams
+        method = unlearner.method
+    else:
+        arguments = unlearning_kwargs or {}
+        if arguments.get("optimizer") is not None:
+            return
+    fitted = method_recipe(str(recorded["method"]), recorded.get("unlearning_kwargs", {}))
+    request = method_recipe(method, arguments)
+    if fitted != request:
+        differ = sorted(
+            k for k in fitted.keys() | request.keys() if fitted.get(k) != request.get(k)
+        )
+        raise CalibrationError(
+            "Expected the request to unlearn with the recipe its budget calibration was fitted "
+            f"for, but they differ in {differ}: calibration {fitted}, request {request}. Refit the "
+            "calibration with the request's method and arguments (`calibrate_budget(..., "
+            "method=..., lr=...)`, `lightning-unlearn calibrate --method ... --lr ...`), or "
+            "unlearn with the calibration's."
+        )
+
+
 def calibrated_unlearn(
     model: pl.LightningModule,
     datamodule: ForgetRetainDataModule,
@@ -396,6 +444,10 @@ def calibrated_unlearn(
         retrain_steps = recorded
     if batch_adapter is None and unlearner is not None:
         batch_adapter = unlearner.batch_adapter
+    if calibration is not None and steps is None:
+        if not isinstance(calibration, BudgetCalibration):
+            calibration = BudgetCalibration.load(calibration)
+        check_calibration_recipe(calibration, method, unlearner, unlearning_kwargs)
     before = verify_forget_set(rule, model, datamodule, batch_adapter=batch_adapter)
     budget = resolve_budget(
         ledger,

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_unlearn.accounting import PrivacyLedger
 from lightning_unlearn.integrity import tensors_sha256
+from lightning_unlearn.unlearning import UnlearningModule
 from lightning_unlearn.unlearning.calibrated_stopping import OutRule
-from lightning_unlearn.unlearning.calibration import BudgetCalibration
+from lightning_unlearn.unlearning.calibration import BudgetCalibration, CalibrationError
+from lightning_unlearn.unlearning.calibration_fit import calibrate_budget
 from lightning_unlearn.unlearning.request_report import (
     Budget,
     RequestReport,
@@ -178,3 +181,39 @@ def test_markdown_states_the_detection_power() -> None:
     assert "caution: low power" in weak.to_markdown()
     unknown = dataclasses.replace(report, verification_before=verdict)
     assert "detection power" not in unknown.to_markdown()
+
+
+def test_a_calibration_of_another_recipe_is_refused(setup: dict[str, Any], tmp_path: Path) -> None:
+    """Its steps were measured with one method and learning rate: another request is refused."""
+    rule = OutRule.from_reference(setup["stats"], heldout=setup["held"])
+    cal = calibrate_budget(
+        setup["refs"], setup["data"], _ledger(), rule, cap=6, hold=1, probe_size=6,
+        heldout=setup["dm"].heldout_set, batch_size=16, num_models=1, trainer_kwargs=TRAINER,
+        lr=0.1,
+    )  # fmt: skip
+    assert (cal.metadata["method"], cal.metadata["unlearning_kwargs"]) == ("finetune", {"lr": 0.1})
+    model, dm = setup["model"], setup["dm"]
+    common: dict[str, Any] = {"ledger": _ledger(), "trainer_kwargs": TRAINER, "hold": 1}
+    refused = [
+        ({"lr": 0.05}, "['lr']"),
+        ({}, "['lr']"),  # UnlearningModule's default lr, 0.01
+        ({"lr": 0.1, "momentum": 0.9}, "['momentum']"),
+        ({"lr": 0.1, "method": "sgld"}, "'method'"),
+    ]
+    for kwargs, differ in refused:
+        with pytest.raises(CalibrationError, match=re.escape(differ)):
+            calibrated_unlearn(copy.deepcopy(model), dm, rule, calibration=cal, **common, **kwargs)
+    cal.save(tmp_path / "cal.json")  # a file is read and checked the same way
+    with pytest.raises(CalibrationError, match=re.escape("['lr']")):
+        calibrated_unlearn(model, dm, rule, calibration=tmp_path / "cal.json", **common, lr=0.2)
+    student = copy.deepcopy(model)  # a caller's UnlearningModule: read from its settings
+    with pytest.raises(CalibrationError, match=re.escape("['lr']")):
+        calibrated_unlearn(
+            student, dm, rule, calibration=cal, unlearner=UnlearningModule(student, lr=0.2),
+            **common,
+        )  # fmt: skip
+    # The same recipe runs, also with an argument fine-tuning ignores (SGLD's sigma).
+    _, report = calibrated_unlearn(
+        copy.deepcopy(model), dm, rule, calibration=cal, **common, lr=0.1, sgld_sigma=0.5
+    )
+    assert report.budget["source"] == "calibration"
