@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from tests.grad_norms._reference import per_example_reference
 from tests.integration.test_hf_recipe import BertClassifier, Sentences
 
 __all__ = ["FrozenBert", "Sentences", "bert_sq_norms"]
@@ -20,10 +21,9 @@ class FrozenBert(BertClassifier):
 def bert_sq_norms(data: Sentences) -> torch.Tensor:
     """Squared gradient norm of each example's own HF loss, one backward each (float64 sums)."""
     model = FrozenBert()
+
+    def loss(i: int) -> torch.Tensor:
+        return model(**{k: v[None] for k, v in data[i].items()}).loss
+
     params = [p for p in model.parameters() if p.requires_grad]
-    out = []
-    for i in range(len(data)):
-        item = {k: v[None] for k, v in data[i].items()}
-        grads = torch.autograd.grad(model(**item).loss, params)
-        out.append(sum(g.double().pow(2).sum() for g in grads))
-    return torch.stack(out)
+    return per_example_reference(params, loss, len(data))[0]
